@@ -1,0 +1,36 @@
+# Every target builds .venv from a bare Python 3.11 on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+IMAGES ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel "setuptools<81"
+	# torch pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,dlib]" "torch==2.13.0"
+	# the face_recognition baseline for benchmarks/bench_faces.py, without its dlib source build
+	$(PY) -m pip install --quiet --no-deps face_recognition==1.3.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/demo.py $(if $(IMAGES),--images $(IMAGES),)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_faces.py
+	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_swap.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,207 @@
+"""Strict config loading: YAML or dict -> frozen dataclasses.
+
+An unknown key raises ``ConfigError`` naming its dotted path (``train.lr_sheduler``); a value of
+the wrong type raises naming the field and the value. ``--set key=value`` overrides go through
+the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_dir() -> Path:
+    """The folder holding the packaged YAML configs (``PERSONA_ML_CONFIG_DIR`` overrides)."""
+    env = os.environ.get("PERSONA_ML_CONFIG_DIR")
+    if env:
+        return Path(env)
+    if CONFIG_DIR.is_dir():
+        return CONFIG_DIR
+    # installed (non-editable) layout: configs shipped as package data
+    return Path(__file__).resolve().parent / "configs"
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping top level raises ``ConfigError``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", field="path", value=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}", field="path", value=str(path)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}",
+                          field="path", value=str(path))
+    return data
+
+
+def load_config(cls: type[T], source: str | os.PathLike | Mapping[str, Any],
+                overrides: typing.Sequence[str] = ()) -> T:
+    """Build dataclass ``cls`` from a YAML path or a mapping, strictly, then apply overrides.
+
+    Args:
+        cls: a (frozen) dataclass type; nested dataclass fields are built recursively.
+        source: YAML file path or a mapping.
+        overrides: ``"dotted.key=value"`` strings; values are parsed as YAML scalars.
+
+    Raises:
+        ConfigError: unknown key (with dotted path), wrong type, or bad override syntax.
+    """
+    data = dict(read_yaml(source)) if not isinstance(source, Mapping) else dict(source)
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``key.sub=value`` overrides applied (YAML-parsed values)."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override must look like key=value, got {item!r}", field="--set", value=item)
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override has an empty key: {item!r}", field="--set", value=item)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section", field=key, value=raw)
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Strictly build dataclass ``cls`` from ``data``; see ``load_config``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__} {data!r}",
+                          field=path, value=data)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        dotted = ", ".join(_join(path, k) for k in unknown)
+        raise ConfigError(f"unknown config key(s): {dotted} (allowed: {', '.join(sorted(fields))})",
+                          field=_join(path, unknown[0]), value=data[unknown[0]])
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, _join(path, name))
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise ConfigError(f"missing config key(s): {', '.join(_join(path, m) for m in missing)}",
+                          field=_join(path, missing[0]), value=None)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or cls.__name__}: {exc}", field=path, value=dict(data)) from exc
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict/list (tuples become lists), for YAML/JSON dumps."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{path}: bad value {value!r}", field=path, value=value)
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{path}: must be one of {list(get_args(tp))}, got {value!r}", field=path, value=value)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}", field=path, value=value)
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{path}: expected {len(args)} items, got {value!r}", field=path, value=value)
+            items = [_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            inner = args[0] if args else Any
+            items = [_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}", field=path, value=value)
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(kt, k, path): _coerce(vt, v, _join(path, str(k))) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}", field=path, value=value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}", field=path, value=value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}", field=path, value=value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}", field=path, value=value)
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{path}: expected a path, got {value!r}", field=path, value=value)
+        return Path(value)
+    return value

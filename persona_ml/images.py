@@ -1,0 +1,336 @@
+"""The one way an image enters the library.
+
+``load_image`` accepts a path, bytes, a binary file object, a PIL image or a numpy array and
+returns a ``LoadedImage``: an upright RGB uint8 array plus the sha256 of the original bytes.
+Limits are checked from the header before any pixel is decoded (decompression bombs), EXIF
+orientation is applied, and every failure is an ``ImageError`` with a stable code.
+
+Example:
+    >>> from persona_ml.images import load_image
+    >>> img = load_image("photo.jpg")            # doctest: +SKIP
+    >>> img.pixels.shape, img.sha256[:8]         # doctest: +SKIP
+    ((1868, 1382, 3), '3f1c9a0b')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Union
+
+import numpy as np
+
+from .errors import ImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], "PIL.Image.Image", np.ndarray]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MIN_SIDE = 32
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+BASE_FORMATS = ("JPEG", "PNG", "WEBP")
+OPTIONAL_FORMATS = ("HEIF", "AVIF")  # allowed only when a Pillow plugin can open them
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Acceptance limits for incoming images.
+
+    Args:
+        max_pixels: width x height above which the image is refused before decoding.
+        min_side: the shorter side, in pixels, below which the image is refused.
+        max_bytes: encoded size above which the image is refused without parsing.
+        allowed_formats: Pillow format names; ``None`` means JPEG, PNG, WebP plus HEIF/AVIF
+            where a plugin is installed.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+    max_bytes: int = DEFAULT_MAX_BYTES
+    allowed_formats: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "min_side", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ImageError(f"ImageLimits.{name} must be a positive integer, got {value!r}",
+                                 code="invalid_input", field=name, value=value)
+
+    def formats(self) -> tuple[str, ...]:
+        if self.allowed_formats is not None:
+            return tuple(f.upper() for f in self.allowed_formats)
+        return BASE_FORMATS + tuple(f for f in OPTIONAL_FORMATS if _plugin_available(f))
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A decoded, upright RGB image.
+
+    Attributes:
+        pixels: ``(H, W, 3)`` uint8 array, EXIF orientation applied.
+        sha256: hex digest of the original encoded bytes (for arrays and PIL images: of the
+            raw pixel buffer plus its shape, so equal pixels give equal hashes).
+        format: Pillow format name (``JPEG``...) or ``array`` / ``pil`` for in-memory inputs.
+        source: file path or a short description of the input, for messages and reports.
+        original_mode: Pillow mode before conversion (``CMYK``, ``I;16``, ``P``...).
+        exif_transposed: whether an EXIF orientation other than 1 was applied.
+        n_frames: frames in the file; only the first is used.
+    """
+
+    pixels: np.ndarray
+    sha256: str
+    format: str
+    source: str
+    original_mode: str = "RGB"
+    exif_transposed: bool = False
+    n_frames: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` like PIL."""
+        return (self.width, self.height)
+
+    def to_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels, "RGB")
+
+
+def load_image(source: ImageSource, limits: ImageLimits | None = None, *, name: str | None = None) -> LoadedImage:
+    """Decode ``source`` into a ``LoadedImage``.
+
+    Args:
+        source: path, bytes, binary file object, PIL image or ``(H, W[, C])`` numpy array.
+            A ``LoadedImage`` is returned unchanged.
+        limits: acceptance limits; defaults to ``ImageLimits()`` (about 50 MP, 32 px minimum).
+        name: label used in messages instead of the path.
+
+    Returns:
+        LoadedImage with RGB uint8 pixels.
+
+    Raises:
+        ImageError: codes ``image_empty``, ``image_not_an_image``, ``image_format_not_allowed``,
+            ``image_too_large``, ``image_too_small``, ``image_truncated``, ``image_unreadable``.
+    """
+    if isinstance(source, LoadedImage):
+        return source
+    limits = limits or ImageLimits()
+    from PIL import Image
+
+    if isinstance(source, np.ndarray):
+        return _from_array(source, limits, name or "<array>")
+    if isinstance(source, Image.Image):
+        return _from_pil_object(source, limits, name or "<PIL image>")
+    data, label = _read_bytes(source, limits, name)
+    return _decode(data, limits, label)
+
+
+def _read_bytes(source, limits: ImageLimits, name: str | None) -> tuple[bytes, str]:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = name or str(path)
+        if not path.is_file():
+            raise ImageError(f"image file not found: {path}", code="image_unreadable", field="image", value=str(path))
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageError(f"{label}: {size} bytes exceeds the {limits.max_bytes}-byte limit",
+                             code="image_too_large", field="image", value=size, limit=limits.max_bytes)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read file: {exc}", code="image_unreadable",
+                             field="image", value=str(path)) from exc
+        return data, label
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        label = name or f"<{len(data)} bytes>"
+    elif hasattr(source, "read"):
+        data = source.read(limits.max_bytes + 1)
+        if isinstance(data, str):
+            raise ImageError("file object must be opened in binary mode", code="invalid_input",
+                             field="image", value=type(source).__name__)
+        label = name or getattr(source, "name", None) or "<file object>"
+        label = str(label)
+    else:
+        raise ImageError(f"unsupported image source type {type(source).__name__}", code="invalid_input",
+                         field="image", value=type(source).__name__)
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"{label}: more than {limits.max_bytes} bytes", code="image_too_large",
+                         field="image", value=len(data), limit=limits.max_bytes)
+    return data, label
+
+
+def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise ImageError(f"{label}: empty file (0 bytes)", code="image_empty", field="image", value=label)
+    digest = hashlib.sha256(data).hexdigest()
+    allowed = limits.formats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=None)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{label}: {exc}", code="image_too_large", field="image", value=label) from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{label}: not a recognised image ({len(data)} bytes)", code="image_not_an_image",
+                             field="image", value=label) from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{label}: corrupt or truncated header: {exc}", code="image_truncated",
+                             field="image", value=label) from exc
+        fmt = (img.format or "").upper()
+        if fmt not in allowed:
+            raise ImageError(f"{label}: format {fmt or 'unknown'} is not allowed (allowed: {', '.join(allowed)})",
+                             code="image_format_not_allowed", field="image", value=fmt, allowed=list(allowed))
+        _check_dims(img.size, limits, label)
+        n_frames = int(getattr(img, "n_frames", 1) or 1)
+        try:
+            if n_frames > 1:
+                img.seek(0)
+            img.load()
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{label}: {exc}", code="image_too_large", field="image", value=label) from exc
+        except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
+            raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
+                             field="image", value=label) from exc
+        mode = img.mode
+        orientation = 1
+        try:
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+        except Exception:  # malformed EXIF must not reject an otherwise good photo
+            orientation = 1
+        if orientation != 1:
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:
+                orientation = 1
+        pixels = _to_rgb(img)
+    _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
+    return LoadedImage(pixels=pixels, sha256=digest, format=fmt, source=label, original_mode=mode,
+                       exif_transposed=orientation != 1, n_frames=n_frames)
+
+
+def _check_dims(size: tuple[int, int], limits: ImageLimits, label: str) -> None:
+    w, h = int(size[0]), int(size[1])
+    if w * h > limits.max_pixels:
+        raise ImageError(f"{label}: {w}x{h} = {w * h} pixels exceeds the {limits.max_pixels}-pixel limit",
+                         code="image_too_large", field="image", value=[w, h], limit=limits.max_pixels)
+    if min(w, h) < limits.min_side:
+        raise ImageError(f"{label}: {w}x{h} is smaller than the {limits.min_side}-pixel minimum side",
+                         code="image_too_small", field="image", value=[w, h], limit=limits.min_side)
+
+
+def _to_rgb(img) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8; transparency is composited on white."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float64)
+            top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+            arr = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    if mode == "F":
+        arr = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    if mode == "P" and ("transparency" in img.info):
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _from_array(arr: np.ndarray, limits: ImageLimits, label: str) -> LoadedImage:
+    if arr.size == 0:
+        raise ImageError(f"{label}: empty array {arr.shape}", code="image_empty", field="image", value=list(arr.shape))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{label}: array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}",
+                         code="image_not_an_image", field="image", value=list(arr.shape))
+    _check_dims((arr.shape[1], arr.shape[0]), limits, label)
+    if arr.dtype == np.uint16:
+        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{label}: array contains NaN or inf", code="image_not_an_image", field="image", value=label)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        arr = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        arr = np.round(arr[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    arr = np.ascontiguousarray(arr)
+    digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
+    return LoadedImage(pixels=arr, sha256=digest, format="array", source=label)
+
+
+def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
+    _check_dims(img.size, limits, label)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
+                         field="image", value=label) from exc
+    mode = img.mode
+    pixels = _to_rgb(img)
+    digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+    return LoadedImage(pixels=pixels, sha256=digest, format="pil", source=label, original_mode=mode,
+                       n_frames=int(getattr(img, "n_frames", 1) or 1))
+
+
+def _plugin_available(fmt: str) -> bool:
+    from PIL import Image, features
+
+    if fmt == "AVIF":
+        try:
+            if features.check("avif"):
+                return True
+        except Exception:
+            pass
+    try:  # pillow-heif / pillow-avif-plugin register themselves on import
+        if fmt == "HEIF":
+            import pillow_heif  # type: ignore[import-not-found]
+
+            pillow_heif.register_heif_opener()
+        elif fmt == "AVIF":
+            import pillow_avif  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    Image.init()
+    return fmt in Image.OPEN
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".gif")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image-like files directly in ``folder``, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"not a folder: {folder}", code="invalid_input", field="images", value=str(folder))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
