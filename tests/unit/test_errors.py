@@ -1,0 +1,37 @@
+import json
+import pickle
+
+import persona_ml
+from persona_ml.errors import ConfigError, ImageError, LoraRuleError, PersonaMLError
+
+
+def test_codes_details_and_builtin_bases():
+    err = ImageError("x.jpg: empty", code="image_empty", field="image", value="x.jpg")
+    assert err.code == "image_empty" and err.http_status == 422
+    assert isinstance(err, ValueError) and isinstance(err, PersonaMLError)
+    assert json.loads(json.dumps(err.to_dict()))["details"] == {"field": "image", "value": "x.jpg"}
+    assert ConfigError("bad").code == "config_invalid"
+
+
+def test_errors_survive_pickling():
+    err = pickle.loads(pickle.dumps(ImageError("m", code="image_truncated", field="image")))
+    assert err.code == "image_truncated" and err.details == {"field": "image"} and str(err) == "m"
+
+
+def test_rule_error_carries_violations():
+    err = LoraRuleError("2 violations", violations=[{"code": "a"}, {"code": "b"}])
+    assert err.violations == [{"code": "a"}, {"code": "b"}]
+    assert err.to_dict()["details"]["violations"][1]["code"] == "b"
+
+
+def test_import_is_light_and_side_effect_free():
+    import subprocess
+    import sys
+
+    code = ("import os, sys, logging; before=dict(os.environ); import persona_ml; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert dict(os.environ)==before, 'env changed'; "
+            "assert not logging.getLogger().handlers, 'logging configured'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert persona_ml.__version__
