@@ -51,12 +51,13 @@ class FaceThresholds:
             if not -1.0 <= float(value) <= 1.0:
                 raise ConfigError(f"FaceThresholds.{name} must be a cosine in [-1, 1], got {value!r}",
                                   field=name, value=value)
-        if not self.outlier_max_cosine <= self.same_person_min_cosine <= self.near_duplicate_min_cosine:
-            raise ConfigError(
-                "FaceThresholds must satisfy outlier_max_cosine <= same_person_min_cosine <= "
-                f"near_duplicate_min_cosine, got {self.outlier_max_cosine} / {self.same_person_min_cosine} / "
-                f"{self.near_duplicate_min_cosine}", field="same_person_min_cosine",
-                value=self.same_person_min_cosine)
+        # outlier_max_cosine is compared with a cosine to a centroid, which runs higher than
+        # pairwise cosines, so it may exceed same_person_min_cosine; both stay below duplicates.
+        for name in ("same_person_min_cosine", "outlier_max_cosine"):
+            if getattr(self, name) > self.near_duplicate_min_cosine:
+                raise ConfigError(f"FaceThresholds.{name} ({getattr(self, name)}) must not exceed "
+                                  f"near_duplicate_min_cosine ({self.near_duplicate_min_cosine})",
+                                  field=name, value=getattr(self, name))
         if self.min_face_size_px < 1:
             raise ConfigError(f"FaceThresholds.min_face_size_px must be >= 1, got {self.min_face_size_px!r}",
                               field="min_face_size_px", value=self.min_face_size_px)
