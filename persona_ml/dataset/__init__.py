@@ -1,0 +1,41 @@
+"""Dataset screening (which photos may train a LoRA) and preparation (crops, captions, masks).
+
+Public names resolve lazily so ``import persona_ml.dataset`` loads no face backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "screen_dataset": "persona_ml.dataset.screening",
+    "DatasetReport": "persona_ml.dataset.screening",
+    "ScreeningConfig": "persona_ml.dataset.screening",
+    "ScreenedImage": "persona_ml.dataset.screening",
+    "prepare_dataset": "persona_ml.dataset.prepare",
+    "PrepareConfig": "persona_ml.dataset.prepare",
+    "PrepareInput": "persona_ml.dataset.prepare",
+    "PreparedResult": "persona_ml.dataset.prepare",
+    "PrepareIssue": "persona_ml.dataset.prepare",
+    "Captioner": "persona_ml.dataset.captions",
+    "CaptionItem": "persona_ml.dataset.captions",
+    "SidecarCaptioner": "persona_ml.dataset.captions",
+    "TemplateCaptioner": "persona_ml.dataset.captions",
+    "MaskConfig": "persona_ml.dataset.masks",
+    "load_prepared": "persona_ml.dataset.manifest",
+    "PreparedItem": "persona_ml.dataset.manifest",
+    "PreparedDatasetInfo": "persona_ml.dataset.manifest",
+    "PreparedDataset": "persona_ml.dataset.manifest",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'persona_ml.dataset' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
