@@ -24,15 +24,17 @@ def select_primary_face(faces: Sequence[FaceObservation], image_size: tuple[int,
                         similar_size_ratio: float = 0.7) -> FaceObservation:
     """Pick the reference face of a photo: the largest, most central face.
 
-    Each face is ranked by ``face_size * (1 - 0.3 * off-centre distance)``. When any other face
-    has a side of at least ``similar_size_ratio`` x the chosen face's side, the photo is
-    ambiguous (a group or couple photo) and ``multiple_faces`` is raised instead of guessing.
+    Each face is ranked by its side length discounted for being off-centre:
+    ``face_size * (1 - 0.3 * d)``, ``d`` = distance of the face centre from the image centre
+    over half the diagonal (a corner face counts as 30% smaller). When any other face ranks at
+    least ``similar_size_ratio`` x the chosen face, the photo is ambiguous (a group or couple
+    photo) and ``multiple_faces`` is raised instead of guessing.
 
     Args:
         faces: every face detected in the image (any order).
         image_size: ``(width, height)`` of the upright image.
         similar_size_ratio: side-length ratio in ``(0, 1]`` from which another face counts as
-            "of similar size"; smaller background faces are ignored.
+            "of similar size" (after the centrality discount); smaller background faces are ignored.
 
     Returns:
         The primary ``FaceObservation``.
@@ -58,7 +60,8 @@ def select_primary_face(faces: Sequence[FaceObservation], image_size: tuple[int,
         return face.face_size * (1.0 - CENTRALITY_WEIGHT * _centrality(face, image_size))
 
     primary = max(faces, key=rank)
-    similar = [f for f in faces if f is not primary and f.face_size >= similar_size_ratio * primary.face_size]
+    best = rank(primary)
+    similar = [f for f in faces if f is not primary and rank(f) >= similar_size_ratio * best]
     if similar:
         group = [primary, *sorted(similar, key=lambda f: -f.face_size)]
         sizes = [round(float(f.face_size), 1) for f in group]

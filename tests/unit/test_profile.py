@@ -1,0 +1,230 @@
+"""FaceProfile, the primary-face policy and thresholds on synthetic observations (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from persona_ml import build_profile, load_profile
+from persona_ml.errors import ArtifactError, ConfigError, FaceError, InputError, ModelMismatchError
+from persona_ml.faces.primary import select_primary_face
+from persona_ml.faces.profile import PROFILE_FORMAT_VERSION, FaceProfile
+from persona_ml.faces.thresholds import FaceThresholds, load_thresholds_table, thresholds_for
+from persona_ml.faces.types import FaceObservation, ModelProvenance, l2_normalize
+
+DIM = 16
+PROV = ModelProvenance(backend="dlib", model_name="dlib_face_recognition_resnet_model_v1",
+                       files={"w.dat": "a" * 64}, dim=DIM, license="CC0-1.0")
+OTHER = ModelProvenance(backend="insightface", model_name="buffalo_l", files={"w600k_r50.onnx": "b" * 64},
+                        dim=DIM, license="non-commercial")
+THR = FaceThresholds(same_person_min_cosine=0.6, outlier_max_cosine=0.7, near_duplicate_min_cosine=0.98,
+                     min_face_size_px=40, min_sharpness=20.0)
+
+
+def _obs(vec, sha: str, prov: ModelProvenance = PROV, bbox=(10.0, 10.0, 110.0, 110.0), size=(400, 300)):
+    x0, y0, x1, y1 = bbox
+    return FaceObservation(bbox=bbox, landmarks=np.zeros((5, 2), np.float32), det_score=1.0,
+                           face_size=min(x1 - x0, y1 - y0), sharpness=100.0, pose=(0.0, 0.0, 0.0),
+                           embedding=l2_normalize(np.asarray(vec, np.float32)), image_sha256=sha,
+                           image_size=size, provenance=prov)
+
+
+def _person(rng, base, n, noise=0.25, tag="a"):
+    return [_obs(base + noise * rng.standard_normal(DIM), f"{tag}{i:03d}") for i in range(n)]
+
+
+@pytest.fixture
+def people():
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    return _person(rng, a, 6, tag="a"), _person(rng, b, 1, tag="b")
+
+
+def test_intruder_is_flagged_and_left_out_of_the_centroid(people):
+    alice, (bob,) = people
+    refs = alice[:3] + [bob] + alice[3:]
+    profile = build_profile(refs, THR)
+    assert profile.outliers == (3,)
+    assert profile.outlier_sha256s == (bob.image_sha256,)
+    assert profile.reference_scores[3] < THR.outlier_max_cosine < profile.reference_scores[[0, 1, 2, 4, 5, 6]].min()
+    clean = build_profile(alice, THR)
+    assert np.allclose(profile.centroid, clean.centroid, atol=1e-6)
+    assert math.isclose(float(np.linalg.norm(profile.centroid)), 1.0, rel_tol=1e-5)
+    assert profile.similarity(alice[0]) > profile.similarity(bob)
+
+
+def test_reference_score_is_cosine_to_the_centroid_of_the_others(people):
+    alice, _ = people
+    profile = build_profile(alice, THR)
+    e = profile.embeddings.astype(np.float64)
+    others = e[1:].mean(axis=0)
+    expected = e[0] @ others / np.linalg.norm(others)
+    assert profile.reference_scores[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_adding_one_reference_equals_rebuilding(people):
+    alice, (bob,) = people
+    grown = build_profile(alice[:4], THR).add(alice[4]).add(bob).add(alice[5])
+    rebuilt = build_profile(alice[:5] + [bob, alice[5]], THR)
+    assert np.array_equal(grown.embeddings, rebuilt.embeddings)
+    assert np.array_equal(grown.centroid, rebuilt.centroid)
+    assert np.array_equal(grown.reference_scores, rebuilt.reference_scores)
+    assert grown.outliers == rebuilt.outliers == (5,)
+    assert grown.fingerprint == rebuilt.fingerprint
+
+
+def test_save_load_round_trip(tmp_path, people):
+    alice, (bob,) = people
+    profile = build_profile(alice + [bob], THR)
+    base = profile.save(tmp_path / "chars" / "ada" / "face.json")
+    assert base == tmp_path / "chars" / "ada" / "face"
+    assert sorted(p.name for p in base.parent.iterdir()) == ["face.json", "face.safetensors"]  # no temp files
+    for form in (base, str(base) + ".json", str(base) + ".safetensors"):
+        loaded = load_profile(form)
+        assert loaded.fingerprint == profile.fingerprint
+        assert np.array_equal(loaded.embeddings, profile.embeddings)
+        assert np.array_equal(loaded.centroid, profile.centroid)
+        assert loaded.outliers == profile.outliers and loaded.image_sha256s == profile.image_sha256s
+        assert loaded.provenance == profile.provenance and loaded.thresholds == THR
+        assert loaded.format_version == PROFILE_FORMAT_VERSION and loaded.created_by.startswith("persona_ml ")
+    meta = json.loads((tmp_path / "chars" / "ada" / "face.json").read_text())
+    assert meta["provenance"]["fingerprint"] == PROV.fingerprint
+
+
+def test_load_detects_damage(tmp_path, people):
+    alice, _ = people
+    base = build_profile(alice, THR).save(tmp_path / "p")
+    with pytest.raises(ArtifactError) as info:
+        load_profile(tmp_path / "missing")
+    assert info.value.code == "profile_not_found"
+
+    other = build_profile(alice[:3], THR).save(tmp_path / "q")
+    (tmp_path / "p.safetensors").write_bytes((tmp_path / "q.safetensors").read_bytes())  # mismatched pair
+    with pytest.raises(ArtifactError) as info:
+        load_profile(base)
+    assert info.value.code == "profile_corrupt"
+
+    meta = json.loads((tmp_path / "q.json").read_text())
+    meta["format_version"] = PROFILE_FORMAT_VERSION + 1
+    (tmp_path / "q.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError) as info:
+        load_profile(other)
+    assert info.value.code == "profile_format_unknown"
+
+    (tmp_path / "q.json").write_text("{not json")
+    with pytest.raises(ArtifactError) as info:
+        load_profile(other)
+    assert info.value.code == "profile_corrupt"
+
+
+def test_refuses_another_models_observation(people):
+    alice, _ = people
+    profile = build_profile(alice, THR)
+    foreign = _obs(alice[0].embedding, "z001", prov=OTHER)
+    with pytest.raises(ModelMismatchError):
+        profile.similarity(foreign)
+    with pytest.raises(ModelMismatchError):
+        profile.add(foreign)
+    with pytest.raises(ModelMismatchError):
+        build_profile(alice + [foreign], THR)
+
+
+def test_build_refuses_empty_and_duplicate_images(people):
+    alice, _ = people
+    with pytest.raises(InputError) as info:
+        build_profile([], THR)
+    assert info.value.code == "profile_empty"
+    with pytest.raises(InputError) as info:
+        build_profile(alice[:2], THR).add(_obs(alice[2].embedding, alice[0].image_sha256))
+    assert info.value.code == "duplicate_reference"
+
+
+def test_single_and_two_reference_profiles(people):
+    alice, (bob,) = people
+    one = build_profile(alice[:1], THR)
+    assert one.outliers == () and np.isnan(one.reference_scores[0])
+    assert one.to_summary()["references"][0]["score"] is None
+    json.dumps(one.to_summary())  # JSON-ready despite the NaN score
+    assert np.allclose(one.centroid, alice[0].embedding)
+    # with two references the pairwise cut applies, and disagreeing ones are both flagged
+    assert build_profile(alice[:2], THR).outliers == ()
+    assert build_profile([alice[0], bob], THR).outliers == (0, 1)
+
+
+def test_near_duplicates_are_reported(people):
+    alice, _ = people
+    copy = _obs(alice[0].embedding + 1e-3, "copy")
+    summary = build_profile(alice + [copy], THR).to_summary()
+    assert [d[:2] for d in summary["near_duplicates"]] == [[0, 6]]
+
+
+def test_default_thresholds_come_from_the_config_for_the_model(people):
+    alice, _ = people
+    profile = FaceProfile.build(alice)
+    assert profile.thresholds == thresholds_for(PROV)
+    assert thresholds_for(PROV) != thresholds_for(OTHER)
+
+
+# ---- thresholds ---------------------------------------------------------------------------
+
+def test_thresholds_table_has_dlib_and_insightface_sections():
+    table = load_thresholds_table()
+    assert {"dlib_face_recognition_resnet_model_v1", "generic"} <= set(table["dlib"])
+    assert {"buffalo_l", "antelopev2", "generic"} <= set(table["insightface"])
+    assert table["insightface"]["buffalo_l"].same_person_min_cosine == pytest.approx(0.40, abs=0.05)
+    unknown_pack = ModelProvenance("insightface", "my_pack", {}, 512, "?")
+    assert thresholds_for(unknown_pack) == table["insightface"]["generic"]
+    suffixed = ModelProvenance("insightface", "buffalo_l_v2", {}, 512, "?")
+    assert thresholds_for(suffixed) == table["insightface"]["buffalo_l"]
+
+
+def test_thresholds_errors_are_coded(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        thresholds_for(ModelProvenance("facenet", "x", {}, 128, "?"))
+    assert info.value.code == "thresholds_missing"
+    bad = tmp_path / "t.yaml"
+    bad.write_text("dlib:\n  generic:\n    same_person_min_cosine: 0.9\n    outlier_max_cosine: 0.9\n"
+                   "    near_duplicate_min_cosine: 0.99\n    min_face_size_px: 40\n    min_sharpnes: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_thresholds_table(bad)
+    assert info.value.details["field"] == "dlib.generic.min_sharpnes"
+    with pytest.raises(ConfigError):
+        FaceThresholds(same_person_min_cosine=0.995, outlier_max_cosine=0.5, near_duplicate_min_cosine=0.99,
+                       min_face_size_px=40, min_sharpness=0.0)
+
+
+# ---- primary face -------------------------------------------------------------------------
+
+def _face(x0, y0, side, size=(1000, 800)):
+    return _obs(np.ones(DIM), "img", bbox=(x0, y0, x0 + side, y0 + side), size=size)
+
+
+def test_primary_face_is_the_largest_and_background_faces_are_ignored():
+    big, small = _face(400, 300, 200), _face(50, 50, 100)
+    assert select_primary_face([small, big], (1000, 800)) is big
+
+
+def test_similar_faces_are_ambiguous_and_off_centre_faces_count_as_smaller():
+    central, corner = _face(420, 320, 150), _face(0, 0, 160)
+    # similar sizes are ambiguous by default...
+    with pytest.raises(FaceError) as info:
+        select_primary_face([corner, central], (1000, 800))
+    assert info.value.code == "multiple_faces"
+    assert info.value.details["count"] == 2 and sorted(info.value.details["sizes"]) == [150.0, 160.0]
+    # a corner face three quarters the central one's side no longer competes (centrality discount),
+    # while the same face beside it in the centre does
+    central_big = _face(400, 300, 200)
+    assert select_primary_face([_face(0, 0, 150), central_big], (1000, 800)) is central_big
+    with pytest.raises(FaceError):
+        select_primary_face([_face(600, 300, 160), central_big], (1000, 800))
+
+
+def test_no_face_is_coded():
+    with pytest.raises(FaceError) as info:
+        select_primary_face([], (640, 480))
+    assert info.value.code == "no_face"
+    with pytest.raises(InputError):
+        select_primary_face([_face(0, 0, 50)], (640, 480), similar_size_ratio=0)
