@@ -1,0 +1,323 @@
+"""Training presets: ``configs/train/*.yaml`` -> a frozen ``TrainConfig``.
+
+Loading is strict (an unknown key raises naming its dotted path, ``optimizer.lr_sheduler``),
+``--set key=value`` overrides go through the same checks, and the resolved config is written
+beside the outputs as ``config.resolved.yaml`` so a run can be reproduced from its folder.
+
+How the presets relate to the platform's LoRA rules (``configs/lora_rules.yaml``, steps
+1000-1500, rank 16-32, base model flux-dev): every run builds the ``LoraRequest`` the service
+would send (plan, accepted photos, steps, rank, base model) and checks it before any model is
+loaded. ``rules.mode: enforce`` (the default, and the only mode a real base model accepts)
+refuses a violating run with ``LoraRuleError``. ``rules.mode: dev`` exists for the code-built
+``tiny-flux`` model only (a config error with any other base model): the violations are still
+computed, logged as warnings and recorded in ``TrainResult.rule_violations``, so a 40-step CPU
+test run is visibly a developer run, never a silent exception to the rules.
+
+Example:
+    >>> from persona_ml.training.config import load_train_config
+    >>> cfg = load_train_config("tiny-cpu", overrides=["steps=20"])   # doctest: +SKIP
+    >>> cfg.steps, cfg.lora.rank                                       # doctest: +SKIP
+    (20, 4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from ..config import config_dir, load_config, to_dict
+from ..errors import ConfigError
+
+DEV_BASE_MODELS = ("tiny-flux",)
+RESOLVED_NAME = "config.resolved.yaml"
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}", field=name, value=value)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """How the platform's LoRA rules apply to this run (see the module docstring).
+
+    Attributes:
+        mode: ``"enforce"`` refuses a violating request before loading any model; ``"dev"``
+            (tiny-flux only) records the violations and trains anyway.
+        plan: the plan the request is made under when the caller passes no ``LoraRequest``.
+    """
+
+    mode: Literal["enforce", "dev"] = "enforce"
+    plan: str = "pro"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter shape.
+
+    Attributes:
+        rank: LoRA rank r.
+        alpha: scaling numerator (the update is ``B @ A * alpha / rank``).
+        dropout: dropout on the LoRA branch.
+        targets: module-name suffixes to adapt; ``None`` uses ``export.DEFAULT_LORA_TARGETS``
+            (the attention projections of the double and the single blocks).
+    """
+
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "rank", "alpha")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}", field="lora.dropout",
+                              value=self.dropout)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        name: ``"adamw8bit"`` uses bitsandbytes' 8-bit AdamW when installed and otherwise falls
+            back to ``torch.optim.AdamW`` (logged, recorded in the result); ``"adamw"`` always
+            uses torch's.
+        scheduler: ``constant`` | ``constant_with_warmup`` | ``linear`` | ``cosine``.
+    """
+
+    name: Literal["adamw", "adamw8bit"] = "adamw8bit"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "eps")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("optimizer.warmup_steps, weight_decay and max_grad_norm must be >= 0",
+                              field="optimizer", value=[self.warmup_steps, self.weight_decay, self.max_grad_norm])
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Flow-matching timestep sampling, as the Flux trainers users trust do it.
+
+    Attributes:
+        timestep_sampling: ``flux_shift`` (sigmoid of a normal, then the resolution-dependent
+            shift the Flux scheduler uses: mu from the image token count between
+            ``base_shift`` at 256 tokens and ``max_shift`` at 4096, as kohya's ``flux_shift``
+            and ai-toolkit's ``flowmatch`` do); ``shift`` (sigmoid then the fixed ``shift``,
+            SD3-style); ``sigmoid`` (logit-normal, no shift); ``uniform``.
+        sigmoid_scale: std of the normal fed to the sigmoid.
+        shift: fixed shift for ``shift`` sampling.
+        base_shift, max_shift: mu at 256 and 4096 image tokens for ``flux_shift``.
+        guidance: value fed to the transformer's guidance embedding while training (1.0, as
+            ai-toolkit/SimpleTuner/kohya do for dev).
+    """
+
+    timestep_sampling: Literal["flux_shift", "shift", "sigmoid", "uniform"] = "flux_shift"
+    sigmoid_scale: float = 1.0
+    shift: float = 3.0
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "sigmoid_scale", "shift")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How prepared items become training samples.
+
+    Attributes:
+        resolutions: each prepared image is trained at each of these sizes (the side of a square
+            of the same area, kept to the item's aspect ratio and a multiple of 16 px) that does
+            not upscale it; the bucket resolution is part of the cache key.
+        caption_dropout: probability of training a sample with the empty caption; ``None``
+            takes the prepared dataset's value.
+        face_loss_weight: loss weight inside the face mask (1.0 = unweighted); the weight is
+            ``1 + (face_loss_weight - 1) * mask`` on the packed latent grid.
+        batch_size: samples per process per micro-step (samples of different sizes are run as
+            separate forward passes and averaged).
+        gradient_accumulation: micro-steps per optimizer step.
+        max_sequence_length: T5 tokens (512 for dev).
+    """
+
+    resolutions: tuple[int, ...] = (512, 768, 1024)
+    caption_dropout: float | None = 0.05
+    face_loss_weight: float = 1.0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    max_sequence_length: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.resolutions or any(r < 16 or r % 16 for r in self.resolutions):
+            raise ConfigError(f"data.resolutions must be multiples of 16 >= 16, got {list(self.resolutions)}",
+                              field="data.resolutions", value=list(self.resolutions))
+        if self.caption_dropout is not None and not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}",
+                              field="data.caption_dropout", value=self.caption_dropout)
+        if self.face_loss_weight < 1.0:
+            raise ConfigError(f"data.face_loss_weight must be >= 1, got {self.face_loss_weight}",
+                              field="data.face_loss_weight", value=self.face_loss_weight)
+        _positive(self, "batch_size", "gradient_accumulation", "max_sequence_length")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Latent and text-embedding cache.
+
+    Attributes:
+        enabled: ``False`` encodes every sample with the VAE and text encoders at every step
+            (the benchmark's baseline; the encoders then stay loaded).
+        dir: cache folder; ``None`` uses ``$PERSONA_ML_CACHE_DIR`` or ``~/.cache/persona_ml/train``.
+    """
+
+    enabled: bool = True
+    dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """``every`` optimizer steps a checkpoint is written; the newest ``keep_last`` are kept."""
+
+    every: int = 250
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "every", "keep_last")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Fixed-prompt samples every ``every`` steps (0 = only at the end, -1 = never).
+
+    ``{trigger}`` in a prompt is replaced by the dataset's trigger word. Each prompt is rendered
+    once per seed. ``near_copy_pixel_similarity`` is the correlation of 32 x 32 grey thumbnails at
+    or above which a sample counts as a copy of a training photo.
+    """
+
+    every: int = 250
+    prompts: tuple[str, ...] = ("a portrait photo of {trigger}, studio light",
+                                "a photo of {trigger} walking in a park, full body")
+    seeds: tuple[int, ...] = (1000,)
+    steps: int = 28
+    guidance: float = 3.5
+    width: int = 1024
+    height: int = 1024
+    near_copy_pixel_similarity: float = 0.97
+
+    def __post_init__(self) -> None:
+        if self.every < -1:
+            raise ConfigError(f"samples.every must be >= -1, got {self.every}", field="samples.every",
+                              value=self.every)
+        if self.width % 16 or self.height % 16:
+            raise ConfigError(f"samples.width/height must be multiples of 16, got {self.width}x{self.height}",
+                              field="samples.width", value=[self.width, self.height])
+        _positive(self, "steps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training preset (``configs/train/<name>.yaml``).
+
+    Attributes:
+        base_model: ``flux-dev`` (alias ``fal-ai/flux-lora``) or ``tiny-flux``.
+        base_model_path: folder of a diffusers-format model; ``None`` uses the model spec's lookup.
+        precision: weights dtype of the frozen model and accelerate's mixed precision; the LoRA
+            parameters stay fp32.
+        gradient_checkpointing: recompute transformer activations in the backward pass.
+        steps: optimizer steps.
+        seed: seeds LoRA init, data order, caption dropout, timesteps and noise.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    base_model: str = "flux-dev"
+    base_model_path: Path | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    gradient_checkpointing: bool = True
+    steps: int = 1000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    samples: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps")
+        if self.rules.mode == "dev" and self.base_model not in DEV_BASE_MODELS:
+            raise ConfigError(f"rules.mode 'dev' is only allowed with a code-built test model "
+                              f"({', '.join(DEV_BASE_MODELS)}); base_model {self.base_model!r} is trained under "
+                              "the platform's rules (rules.mode: enforce)", field="rules.mode", value=self.rules.mode)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists for tuples, strings for paths)."""
+        return to_dict(self)
+
+    def training_hash(self) -> str:
+        """sha256 over the fields that change what is trained (not cache dir, samples, checkpoint
+        cadence or device); a checkpoint only resumes a run with the same hash."""
+        d = self.to_dict()
+        for key in ("cache", "samples", "checkpoint", "device", "base_model_path"):
+            d.pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def preset_path(name_or_path: str | os.PathLike) -> Path:
+    """``"tiny-cpu"`` -> ``configs/train/tiny-cpu.yaml``; an existing path is returned as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return p
+    return config_dir() / "train" / f"{name_or_path}.yaml"
+
+
+def load_train_config(source: str | os.PathLike | dict, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a training preset strictly and apply ``key=value`` overrides.
+
+    Args:
+        source: a preset name (``"persona-flux-dev"``, ``"tiny-cpu"``), a YAML path or a mapping.
+        overrides: ``"optimizer.lr=5e-5"`` style strings.
+
+    Returns:
+        The frozen ``TrainConfig``.
+
+    Raises:
+        ConfigError: missing file, unknown key (dotted path), wrong type, out-of-range value,
+            or ``rules.mode: dev`` with a real base model.
+    """
+    if isinstance(source, dict):
+        return load_config(TrainConfig, source, overrides)
+    return load_config(TrainConfig, preset_path(source), overrides)
+
+
+def write_resolved(config: TrainConfig, out_dir: str | os.PathLike) -> Path:
+    """Write ``config.resolved.yaml`` (every field, defaults included) into ``out_dir`` atomically."""
+    import yaml
+
+    from .._atomic import atomic_write_text
+
+    text = "# resolved training config written by persona_ml; load with load_train_config(path)\n"
+    text += yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return atomic_write_text(Path(out_dir) / RESOLVED_NAME, text)
+
+
+def replace(config: TrainConfig, **changes) -> TrainConfig:
+    """``dataclasses.replace`` that re-runs validation (frozen configs are otherwise immutable)."""
+    return dataclasses.replace(config, **changes)
