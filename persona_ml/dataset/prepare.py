@@ -271,6 +271,7 @@ def plan_crops(face_bbox: Sequence[float], size: tuple[int, int], cfg: PrepareCo
     Returns:
         ``(plans, issues)``: zero, one or two ``CropPlan`` and the reasons for any left out.
     """
+    label = Path(label).name if label else "<image>"
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
     jitter = tuple(float(v) for v in rng.uniform(-cfg.crop_jitter, cfg.crop_jitter, size=4))
     face = clip_box(face_bbox, size)

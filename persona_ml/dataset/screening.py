@@ -1,0 +1,626 @@
+"""Screening of candidate training photos against the character's FaceProfile.
+
+Each photo must show exactly one clear primary face of the character, large, sharp and well
+exposed, and must not repeat another photo. Every rejection carries a stable code:
+
+=====================  ==================================================================
+code                   meaning
+=====================  ==================================================================
+image_*                the file was refused at intake (``persona_ml.images``: empty,
+                       truncated, not an image, too small, too large, ...)
+duplicate              same bytes, or same decoded pixels, as an earlier photo
+no_face                no face found
+multiple_faces         several faces of similar size (group photo): never trained on
+face_too_small         the face's side is below ``min_face_size_px``
+blurry                 the face's Laplacian variance is below ``min_sharpness``
+underexposed           the face is too dark (mean luma, or too many crushed shadows)
+overexposed            the face is too bright (mean luma, or too many blown highlights)
+identity_mismatch      the face is not the character (cosine to the profile too low)
+near_duplicate         a near-copy (perceptual hash, mirrored copies included, or
+                       embedding cosine) of a better photo that is kept
+=====================  ==================================================================
+
+The rules check counts accepted photos, not uploaded ones. Coverage (close-up / half-body /
+full-body from the face box's share of the image height; frontal / three-quarter / profile
+from yaw) comes with advice when the set is one-sided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import FaceError, ImageError, InputError, PersonaMLError
+from ..faces.quality import crop_box, exposure_stats, pose_bucket, to_gray
+from ..faces.types import FaceObservation
+from ..images import ImageLimits, LoadedImage, list_images, load_image
+from .crops import framing_of
+from .phash import hamming, phash_pair
+
+logger = logging.getLogger(__name__)
+
+FRAMINGS = ("closeup", "half_body", "full_body")
+POSES = ("frontal", "three_quarter", "profile")
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    """Screening thresholds. ``None`` means: take it from the embedding model's
+    ``FaceThresholds`` (``configs/face_thresholds.yaml``), since scales differ between models.
+
+    Attributes:
+        min_face_size_px: smallest accepted face side in pixels (model default: dlib 48).
+        min_sharpness: lowest accepted Laplacian variance of the face (model default: 25).
+        min_face_luma / max_face_luma: accepted mean luma (0..255) of the face box.
+        max_dark_fraction / max_bright_fraction: accepted share of crushed (< 8) or blown
+            (> 247) pixels in the face box.
+        identity_min_cosine: least cosine between the face and the profile's centroid. Default:
+            the model's ``outlier_max_cosine``, which was measured against a centroid (cosines
+            to a centroid run higher than pairwise ones; dlib 0.91).
+        near_duplicate_min_cosine: embedding cosine from which two photos are copies of one
+            shot (model default: dlib 0.99).
+        phash_max_distance: Hamming distance (of 64 bits) at or below which two photos are
+            near-copies. Distinct photos in ../shared/faces differ by 14 bits or more.
+        check_mirrored: also compare against each photo's mirror image.
+        allow_near_duplicates: keep near-duplicates as accepted; each stays flagged with a
+            ``near_duplicate`` warning and the override is recorded in the report.
+        similar_face_ratio: another face whose side is at least this share of the primary's
+            makes the photo a group photo (``multiple_faces``).
+        closeup_min_face_ratio / half_body_min_face_ratio: framing from the face box's share
+            of the image height.
+        coverage_max_share: a framing or pose holding more than this share of the accepted
+            photos triggers advice.
+    """
+
+    min_face_size_px: int | None = None
+    min_sharpness: float | None = None
+    min_face_luma: float = 40.0
+    max_face_luma: float = 220.0
+    max_dark_fraction: float = 0.4
+    max_bright_fraction: float = 0.4
+    identity_min_cosine: float | None = None
+    near_duplicate_min_cosine: float | None = None
+    phash_max_distance: int = 8
+    check_mirrored: bool = True
+    allow_near_duplicates: bool = False
+    similar_face_ratio: float = 0.7
+    closeup_min_face_ratio: float = 0.22
+    half_body_min_face_ratio: float = 0.09
+    coverage_max_share: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.phash_max_distance <= 64:
+            raise InputError(f"phash_max_distance must be 0..64, got {self.phash_max_distance}",
+                             field="phash_max_distance", value=self.phash_max_distance)
+        if not 0 < self.similar_face_ratio <= 1:
+            raise InputError(f"similar_face_ratio must be in (0, 1], got {self.similar_face_ratio}",
+                             field="similar_face_ratio", value=self.similar_face_ratio)
+        if not self.min_face_luma < self.max_face_luma:
+            raise InputError("min_face_luma must be below max_face_luma", field="min_face_luma",
+                             value=[self.min_face_luma, self.max_face_luma])
+
+
+@dataclass(frozen=True)
+class ScreenedImage:
+    """The verdict on one candidate photo.
+
+    Attributes:
+        index: position in the input.
+        source: path or label.
+        sha256: sha256 of the original bytes (``None`` when the file could not be read).
+        accepted: whether it may be trained on.
+        code: rejection code (``None`` when accepted).
+        reason: a sentence a user can act on.
+        face: the primary face (when one was found).
+        other_faces: boxes of smaller background faces (crops avoid them).
+        framing: ``closeup`` / ``half_body`` / ``full_body``.
+        pose: ``frontal`` / ``three_quarter`` / ``profile`` (``None`` when unknown).
+        duplicate_of: for duplicates, the source of the photo that is kept.
+        metrics: measured values (face size, sharpness, luma, identity cosine, hashes ...).
+        warnings: ``{"code", "message"}`` entries that did not reject the photo.
+        input: the original input, for preparation (not serialised).
+    """
+
+    index: int
+    source: str
+    sha256: str | None
+    accepted: bool
+    code: str | None = None
+    reason: str | None = None
+    face: FaceObservation | None = None
+    other_faces: tuple[tuple[float, float, float, float], ...] = ()
+    framing: str | None = None
+    pose: str | None = None
+    duplicate_of: str | None = None
+    metrics: dict = field(default_factory=dict)
+    warnings: tuple[dict, ...] = ()
+    input: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def status(self) -> str:
+        return "accepted" if self.accepted else "rejected"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "source": self.source, "sha256": self.sha256, "status": self.status,
+                "code": self.code, "reason": self.reason,
+                "face": None if self.face is None else self.face.to_dict(),
+                "other_faces": [[round(float(v), 1) for v in b] for b in self.other_faces],
+                "framing": self.framing, "pose": self.pose, "duplicate_of": self.duplicate_of,
+                "metrics": _plain(self.metrics), "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How varied the accepted photos are, with advice when the set is one-sided."""
+
+    framing: dict[str, int]
+    pose: dict[str, int]
+    advice: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"framing": dict(self.framing), "pose": dict(self.pose), "advice": list(self.advice)}
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """Result of ``screen_dataset``.
+
+    Attributes:
+        images: every candidate's verdict, in input order.
+        coverage: framing and pose counts of the accepted photos, with advice.
+        rule_violations: the LoRA rules checked on the ACCEPTED count (``RuleViolation``).
+        rules: the full ``RuleCheckResult`` when a ``LoraRequest`` was given, else ``None``.
+        thresholds: the effective thresholds used.
+        overrides: overrides in force (e.g. ``allow_near_duplicates``), recorded for audit.
+        warnings: report-level warnings (e.g. identity not checked).
+        profile_fingerprint: the profile's id, when a profile was used.
+        provenance: the embedding model's provenance dict.
+        timings: seconds per stage (decode, detect_embed, measure, decide).
+    """
+
+    images: tuple[ScreenedImage, ...]
+    coverage: Coverage
+    rule_violations: tuple = ()
+    rules: Any = None
+    thresholds: dict = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+    warnings: tuple[dict, ...] = ()
+    profile_fingerprint: str | None = None
+    provenance: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> list[ScreenedImage]:
+        return [s for s in self.images if s.accepted]
+
+    @property
+    def rejected(self) -> list[ScreenedImage]:
+        return [s for s in self.images if not s.accepted]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the accepted photos satisfy the rules."""
+        return not self.rule_violations
+
+    def by_source(self, source: str | os.PathLike) -> ScreenedImage:
+        """The verdict for one input (matched by path or file name)."""
+        key = str(source)
+        for s in self.images:
+            if s.source == key or Path(s.source).name == key:
+                return s
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        rejected_codes: dict[str, int] = {}
+        for s in self.rejected:
+            rejected_codes[s.code or "unknown"] = rejected_codes.get(s.code or "unknown", 0) + 1
+        return {
+            "ok": self.ok, "num_images": len(self.images), "num_accepted": len(self.accepted),
+            "num_rejected": len(self.rejected), "rejected_by_code": dict(sorted(rejected_codes.items())),
+            "accepted": [s.to_dict() for s in self.accepted], "rejected": [s.to_dict() for s in self.rejected],
+            "coverage": self.coverage.to_dict(),
+            "rule_violations": [v.to_dict() for v in self.rule_violations],
+            "rules": None if self.rules is None else self.rules.to_dict(),
+            "thresholds": _plain(self.thresholds), "overrides": list(self.overrides),
+            "warnings": list(self.warnings), "profile_fingerprint": self.profile_fingerprint,
+            "provenance": _plain(self.provenance), "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    def summary(self) -> str:
+        """A readable multi-line summary: counts, each rejection, warnings, coverage, rules."""
+        lines = [f"{len(self.accepted)} of {len(self.images)} photos accepted"]
+        for s in self.rejected:
+            lines.append(f"  rejected {Path(s.source).name}: [{s.code}] {s.reason}")
+        for s in self.images:
+            for w in s.warnings:
+                lines.append(f"  warning {Path(s.source).name}: [{w['code']}] {w['message']}")
+        for w in self.warnings:
+            lines.append(f"  warning: [{w['code']}] {w['message']}")
+        if self.overrides:
+            lines.append(f"  overrides in force: {', '.join(self.overrides)}")
+        cov = self.coverage
+        lines.append("  framing: " + ", ".join(f"{k} {v}" for k, v in cov.framing.items()))
+        lines.append("  pose: " + ", ".join(f"{k} {v}" for k, v in cov.pose.items()))
+        lines += [f"  advice: {a}" for a in cov.advice]
+        if self.rule_violations:
+            lines += [f"  rules: [{v.code}] {v.message}" for v in self.rule_violations]
+        else:
+            lines.append("  rules: the accepted photos satisfy the LoRA rules")
+        return "\n".join(lines)
+
+    # --- used by prepare_dataset ---
+    def prepare_inputs(self) -> list:
+        """The accepted photos as ``PrepareInput`` for ``prepare_dataset``."""
+        from .prepare import PrepareInput
+
+        return [PrepareInput(image=s.input if s.input is not None else s.source, face=s.face, name=s.source,
+                             other_faces=s.other_faces) for s in self.accepted if s.face is not None]
+
+    def prepare_extra(self) -> dict[str, Any]:
+        """Screening facts recorded in the prepared ``dataset.json`` (no paths, no timings)."""
+        flagged = sorted({Path(s.source).name for s in self.accepted for w in s.warnings
+                          if w.get("code") == "near_duplicate"})
+        return {"screening": {"num_images": len(self.images), "num_accepted": len(self.accepted),
+                              "overrides": list(self.overrides), "near_duplicates_kept": flagged,
+                              "coverage": self.coverage.to_dict()}}
+
+
+# --- screening ------------------------------------------------------------------------------------
+
+@dataclass
+class _Candidate:
+    index: int
+    source: str
+    input: Any
+    sha256: str | None = None
+    pixel_hash: str | None = None
+    size: tuple[int, int] | None = None
+    error: PersonaMLError | None = None
+    faces: list[FaceObservation] | None = None
+    face: FaceObservation | None = None
+    others: tuple = ()
+    metrics: dict = field(default_factory=dict)
+    hashes: tuple[int, int] | None = None
+    code: str | None = None
+    reason: str | None = None
+    duplicate_of: str | None = None
+    warnings: list[dict] = field(default_factory=list)
+    framing: str | None = None
+    pose: str | None = None
+
+
+def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: ScreeningConfig | None = None,
+                   request: Any = None, limits: ImageLimits | None = None,
+                   faces: Sequence[Any] | None = None, batch_size: int = 8) -> DatasetReport:
+    """Screen candidate training photos of one character.
+
+    Args:
+        images: a folder, or a sequence of paths / bytes / arrays / PIL images / ``LoadedImage``.
+        profile: the character's ``FaceProfile`` (``None`` skips the identity check, with a
+            report warning).
+        embedder: a ``FaceEmbedder`` made with the same model as the profile.
+        config: thresholds (``ScreeningConfig()``; model-specific ones from the embedder).
+        request: an optional ``LoraRequest``; its rules are checked with ``num_images`` set to
+            the accepted count. Without it only the image-count rule is checked.
+        limits: image intake limits (default: the embedder's).
+        faces: precomputed ``embedder.analyze(images)`` results, in the same order (reuse).
+        batch_size: photos decoded at once (bounds memory; pixels are dropped after measuring).
+
+    Returns:
+        DatasetReport with every photo's verdict, coverage, advice and the rules check.
+
+    Raises:
+        InputError: ``images`` is not a folder or a sequence, or ``faces`` does not match it.
+        ModelMismatchError: the profile was built with another embedding model.
+
+    Example:
+        >>> report = screen_dataset("photos/", profile, FaceEmbedder("dlib"))   # doctest: +SKIP
+        >>> print(report.summary())                                             # doctest: +SKIP
+    """
+    cfg = config or ScreeningConfig()
+    items = _as_items(images)
+    if faces is not None and len(faces) != len(items):
+        raise InputError(f"faces has {len(faces)} entries for {len(items)} images", field="faces",
+                         value=len(faces))
+    prov = embedder.provenance
+    if profile is not None and getattr(profile, "provenance", None) is not None:
+        prov.require_compatible(profile.provenance, "the profile")
+    thr = _effective_thresholds(cfg, embedder)
+    limits = limits or getattr(embedder, "limits", None) or ImageLimits()
+    timings = {"decode": 0.0, "detect_embed": 0.0, "measure": 0.0, "decide": 0.0}
+
+    cands = [_Candidate(index=i, source=label, input=src) for i, (src, label) in enumerate(items)]
+    seen_bytes: dict[str, str] = {}
+    seen_pixels: dict[str, str] = {}
+    for start in range(0, len(cands), max(1, batch_size)):
+        chunk = cands[start:start + batch_size]
+        t0 = time.perf_counter()
+        loaded: list[tuple[_Candidate, LoadedImage]] = []
+        for c in chunk:
+            try:
+                img = load_image(c.input, limits, name=c.source)
+            except PersonaMLError as exc:
+                c.error = exc
+                c.code, c.reason = exc.code, exc.message
+                continue
+            c.sha256, c.size = img.sha256, img.size
+            c.pixel_hash = hashlib.sha256(repr(img.pixels.shape).encode() + img.pixels.tobytes()).hexdigest()
+            dup = seen_bytes.get(c.sha256) or seen_pixels.get(c.pixel_hash)
+            if dup is not None:
+                same = "bytes" if c.sha256 in seen_bytes else "pixels"
+                c.code, c.duplicate_of = "duplicate", dup
+                c.reason = f"exact duplicate of {Path(dup).name} (same {same})"
+                continue
+            seen_bytes[c.sha256] = c.source
+            seen_pixels[c.pixel_hash] = c.source
+            loaded.append((c, img))
+        t1 = time.perf_counter()
+        timings["decode"] += t1 - t0
+        if faces is not None:
+            results = [faces[c.index] for c, _ in loaded]
+        else:
+            results = embedder.analyze([img for _, img in loaded]) if loaded else []
+        t2 = time.perf_counter()
+        timings["detect_embed"] += t2 - t1
+        for (c, img), res in zip(loaded, results):
+            _measure(c, img, res, profile, thr, cfg)
+        timings["measure"] += time.perf_counter() - t2
+        del loaded, results
+
+    t3 = time.perf_counter()
+    _near_duplicates(cands, thr, cfg)
+    screened = tuple(_finish(c) for c in cands)
+    accepted = [s for s in screened if s.accepted]
+    coverage = _coverage(accepted, cfg)
+    rule_violations, rules = _rules(len(accepted), request)
+    report_warnings = []
+    if profile is None:
+        report_warnings.append({"code": "identity_not_checked",
+                                "message": "no face profile given: photos of other people are not caught"})
+    overrides = ("allow_near_duplicates",) if cfg.allow_near_duplicates else ()
+    if overrides:
+        logger.warning("screening override in force: near-duplicates are kept (flagged in the report)")
+    timings["decide"] = time.perf_counter() - t3
+    fp = _profile_fingerprint(profile)
+    return DatasetReport(images=screened, coverage=coverage, rule_violations=rule_violations, rules=rules,
+                         thresholds=thr, overrides=overrides, warnings=tuple(report_warnings),
+                         profile_fingerprint=fp, provenance=prov.to_dict(), timings=timings)
+
+
+# --- internals ------------------------------------------------------------------------------------
+
+def _as_items(images: Any) -> list[tuple[Any, str]]:
+    if isinstance(images, (str, os.PathLike)):
+        if not Path(images).is_dir():
+            raise InputError(f"images must be a folder or a sequence of images, got {images!r}",
+                             field="images", value=str(images))
+        return [(p, str(p)) for p in list_images(images)]
+    if isinstance(images, (bytes, bytearray)) or not isinstance(images, Sequence):
+        raise InputError(f"images must be a folder or a sequence of images, got {type(images).__name__}",
+                         field="images", value=type(images).__name__)
+    out = []
+    for i, src in enumerate(images):
+        if isinstance(src, (str, os.PathLike)):
+            label = str(src)
+        elif isinstance(src, LoadedImage):
+            label = src.source
+        else:
+            label = f"image[{i}]"
+        out.append((src, label))
+    return out
+
+
+def _effective_thresholds(cfg: ScreeningConfig, embedder: Any) -> dict[str, Any]:
+    from ..faces.thresholds import thresholds_for
+
+    model = getattr(embedder, "thresholds", None) or thresholds_for(embedder.provenance)
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return {
+        "min_face_size_px": pick(cfg.min_face_size_px, model.min_face_size_px),
+        "min_sharpness": pick(cfg.min_sharpness, model.min_sharpness),
+        "identity_min_cosine": pick(cfg.identity_min_cosine, model.outlier_max_cosine),
+        "near_duplicate_min_cosine": pick(cfg.near_duplicate_min_cosine, model.near_duplicate_min_cosine),
+        "phash_max_distance": cfg.phash_max_distance,
+        "min_face_luma": cfg.min_face_luma, "max_face_luma": cfg.max_face_luma,
+        "max_dark_fraction": cfg.max_dark_fraction, "max_bright_fraction": cfg.max_bright_fraction,
+        "similar_face_ratio": cfg.similar_face_ratio,
+    }
+
+
+def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: dict, cfg: ScreeningConfig) -> None:
+    """Per-photo checks that need the pixels; sets ``c.code`` on the first failure."""
+    from ..faces.primary import select_primary_face
+
+    c.hashes = phash_pair(img.pixels)
+    c.metrics["phash"] = f"{c.hashes[0]:016x}"
+    if isinstance(result, PersonaMLError):
+        c.code, c.reason = result.code, result.message
+        return
+    faces = list(result or [])
+    c.metrics["num_faces"] = len(faces)
+    try:
+        face = select_primary_face(faces, img.size, similar_size_ratio=cfg.similar_face_ratio)
+    except FaceError as exc:
+        c.code = exc.code
+        if exc.code == "no_face":
+            c.reason = "no face found: use a photo where the character's face is clearly visible"
+        else:
+            c.reason = (f"{exc.details.get('count', len(faces))} faces of similar size: group photos are not "
+                        "used, upload photos of the character alone")
+        return
+    c.face = face
+    c.others = tuple(tuple(float(v) for v in f.bbox) for f in faces if f is not face)
+    if c.others:
+        c.warnings.append({"code": "background_faces",
+                           "message": f"{len(c.others)} smaller face(s) in the background; crops leave them out"})
+    fw, fh = face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]
+    c.framing = framing_of(face.bbox, (0, 0, img.width, img.height), cfg.closeup_min_face_ratio,
+                           cfg.half_body_min_face_ratio)
+    c.pose = None if face.pose is None else pose_bucket(float(face.pose[0]))
+    gray = to_gray(crop_box(img.pixels, face.bbox))
+    expo = exposure_stats(gray)
+    c.metrics.update(face_size=round(float(face.face_size), 1), sharpness=round(float(face.sharpness), 1),
+                     face_height_ratio=round(float(fh) / img.height, 3), luma_mean=round(expo["mean"], 1),
+                     dark_fraction=round(expo["dark_fraction"], 3), bright_fraction=round(expo["bright_fraction"], 3),
+                     yaw=None if face.pose is None else round(float(face.pose[0]), 1))
+    if face.face_size < thr["min_face_size_px"]:
+        c.code = "face_too_small"
+        c.reason = (f"the face is {face.face_size:.0f} px, below the {thr['min_face_size_px']} px minimum: use a "
+                    "closer or higher-resolution photo")
+    elif expo["mean"] < thr["min_face_luma"] or expo["dark_fraction"] > thr["max_dark_fraction"]:
+        c.code = "underexposed"
+        c.reason = (f"the face is too dark (mean {expo['mean']:.0f}/255, {expo['dark_fraction']:.0%} crushed): "
+                    "use a better-lit photo")
+    elif expo["mean"] > thr["max_face_luma"] or expo["bright_fraction"] > thr["max_bright_fraction"]:
+        c.code = "overexposed"
+        c.reason = (f"the face is too bright (mean {expo['mean']:.0f}/255, {expo['bright_fraction']:.0%} blown): "
+                    "use a photo without blown highlights")
+    # after exposure: a dark or flat face also has a low Laplacian variance
+    if c.code is None and face.sharpness < thr["min_sharpness"]:
+        c.code = "blurry"
+        c.reason = (f"the face is blurred (sharpness {face.sharpness:.0f} < {thr['min_sharpness']}): use a "
+                    "sharper photo")
+    if profile is not None:
+        cos = float(profile.similarity(face))
+        c.metrics["identity_cosine"] = round(cos, 4)
+        if c.code is None and cos < thr["identity_min_cosine"]:
+            c.code = "identity_mismatch"
+            c.reason = (f"this looks like another person (similarity {cos:.3f} to the character's profile, "
+                        f"below {thr['identity_min_cosine']})")
+
+
+def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -> None:
+    """Cluster surviving photos that are near-copies; keep the best of each cluster."""
+    alive = [c for c in cands if c.code is None and c.face is not None and c.hashes is not None]
+    parent = {c.index: c.index for c in alive}
+    evidence: dict[tuple[int, int], dict] = {}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a_i, a in enumerate(alive):
+        for b in alive[a_i + 1:]:
+            d = hamming(a.hashes[0], b.hashes[0])
+            dm = hamming(a.hashes[0], b.hashes[1]) if cfg.check_mirrored else 64
+            cos = float(np.dot(a.face.embedding, b.face.embedding))
+            if min(d, dm) <= thr["phash_max_distance"] or cos >= thr["near_duplicate_min_cosine"]:
+                evidence[(a.index, b.index)] = {"phash_distance": d, "mirrored_phash_distance": dm,
+                                                "mirrored": dm < d and dm <= thr["phash_max_distance"],
+                                                "cosine": round(cos, 4)}
+                parent[find(b.index)] = find(a.index)
+    clusters: dict[int, list[_Candidate]] = {}
+    for c in alive:
+        clusters.setdefault(find(c.index), []).append(c)
+    for members in clusters.values():
+        if len(members) < 2:
+            continue
+        # keep the largest, then sharpest face; ties go to the earlier photo
+        keep = max(members, key=lambda c: (round(c.face.face_size), round(c.face.sharpness), -c.index))
+        for c in members:
+            if c is keep:
+                continue
+            key = (min(c.index, keep.index), max(c.index, keep.index))
+            ev = evidence.get(key) or next(v for k, v in evidence.items() if c.index in k)
+            how = "a mirrored copy" if ev["mirrored"] else "a near-copy"
+            message = (f"{how} of {Path(keep.source).name} (hash distance {min(ev['phash_distance'], ev['mirrored_phash_distance'])}"
+                       f"/64, face similarity {ev['cosine']:.3f}); the larger photo is kept")
+            c.metrics["near_duplicate"] = ev
+            c.duplicate_of = keep.source
+            if cfg.allow_near_duplicates:
+                c.warnings.append({"code": "near_duplicate", "message": message + "; kept by override"})
+            else:
+                c.code, c.reason = "near_duplicate", message
+
+
+def _finish(c: _Candidate) -> ScreenedImage:
+    return ScreenedImage(index=c.index, source=c.source, sha256=c.sha256, accepted=c.code is None,
+                         code=c.code, reason=c.reason, face=c.face, other_faces=c.others, framing=c.framing,
+                         pose=c.pose, duplicate_of=c.duplicate_of, metrics=c.metrics,
+                         warnings=tuple(c.warnings), input=c.input)
+
+
+def _coverage(accepted: list[ScreenedImage], cfg: ScreeningConfig) -> Coverage:
+    framing = {k: 0 for k in FRAMINGS}
+    pose = {k: 0 for k in POSES}
+    unknown_pose = 0
+    for s in accepted:
+        if s.framing:
+            framing[s.framing] += 1
+        if s.pose:
+            pose[s.pose] += 1
+        else:
+            unknown_pose += 1
+    if unknown_pose:
+        pose["unknown"] = unknown_pose
+    n = len(accepted)
+    advice: list[str] = []
+    if n >= 3:
+        share = cfg.coverage_max_share
+        if framing["closeup"] > share * n:
+            advice.append("almost all photos are close-ups: add half-body and full-body shots so the LoRA can "
+                          "place the face in wider scenes")
+        elif framing["closeup"] == 0:
+            advice.append("no close-ups: add a few head-and-shoulders photos so the face's detail is learned")
+        elif framing["half_body"] + framing["full_body"] > share * n:
+            advice.append("few close-ups: add head-and-shoulders photos for facial detail")
+        if pose["frontal"] > share * n:
+            advice.append("almost all photos face the camera: add three-quarter and profile views so other "
+                          "angles keep the likeness")
+        elif pose["frontal"] == 0 and pose["three_quarter"] + pose["profile"] > 0:
+            advice.append("no frontal photos: add some photos facing the camera")
+    return Coverage(framing=framing, pose=pose, advice=tuple(advice))
+
+
+def _rules(num_accepted: int, request: Any) -> tuple[tuple, Any]:
+    from ..rules import LoraRequest, check_image_count, check_lora_request
+
+    if request is None:
+        return check_image_count(num_accepted), None
+    if isinstance(request, dict):
+        request = LoraRequest.from_dict({**request, "num_images": num_accepted})
+    else:
+        request = dataclasses.replace(request, num_images=num_accepted)
+    result = check_lora_request(request)
+    return result.violations, result
+
+
+def _profile_fingerprint(profile: Any) -> str | None:
+    if profile is None:
+        return None
+    fp = getattr(profile, "fingerprint", None)
+    if callable(fp):
+        fp = fp()
+    if isinstance(fp, str):
+        return fp
+    centroid = getattr(profile, "centroid", None)
+    if centroid is not None:
+        return hashlib.sha256(np.asarray(centroid, dtype=np.float32).tobytes()).hexdigest()[:16]
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
