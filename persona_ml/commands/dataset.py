@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import EXIT_OK, EXIT_RULES
-    from ..dataset.prepare import PrepareConfig, prepare_dataset
+    from ..dataset.prepare import PrepareConfig, check_trigger, prepare_dataset
     from ..dataset.screening import ScreeningConfig, screen_dataset
     from ..errors import InputError
     from ..faces.api import load_profile
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"not a folder: {folder}", field="folder", value=str(folder))
     if args.plan is None and (args.steps is not None or args.rank is not None):
         raise InputError("--steps and --rank need --plan", field="plan", value=None)
+    check_trigger(args.trigger)  # before any face work
     profile = load_profile(args.profile)
     embedder = FaceEmbedder(args.backend, model_dir=args.model_dir, device=args.device)
     request = None

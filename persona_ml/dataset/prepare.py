@@ -197,7 +197,7 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
         (24, True)
     """
     cfg = config or PrepareConfig()
-    trigger = _check_trigger(trigger)
+    trigger = check_trigger(trigger)
     inputs, profile_fp, report_extra = _inputs_from(source)
     profile_fingerprint = profile_fingerprint or profile_fp
     captioner = captioner or SidecarCaptioner(fallback=_template(cfg))
@@ -370,7 +370,8 @@ def _bucket_counts(items: Sequence[PreparedItem]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _check_trigger(trigger: Any) -> str:
+def check_trigger(trigger: Any) -> str:
+    """The stripped trigger word; raises ``InputError`` (``invalid_trigger``) when unusable."""
     if not isinstance(trigger, str) or not TRIGGER_RE.match(trigger.strip()):
         raise InputError(f"trigger must be 1-64 characters without commas, semicolons or newlines, got {trigger!r}",
                          code="invalid_trigger", field="trigger", value=trigger)
