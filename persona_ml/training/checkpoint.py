@@ -166,7 +166,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect: dict[str, Any] | None = 
         meta = json.loads((p / "meta.json").read_text())
         adapter = load_file(str(p / "adapter.safetensors"))
         blob = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+    except Exception as exc:  # OSError, JSON, safetensors' SafetensorError, torch's UnpicklingError
         raise TrainingError(f"checkpoint {p} is unreadable: {exc}", code="checkpoint_invalid",
                             field="checkpoint", value=str(p)) from exc
     if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
