@@ -1,0 +1,726 @@
+"""insightface face backend: SCRFD detection, 5-point alignment and ArcFace embedding (512-d).
+
+Loads a LOCAL model pack and never downloads. Accepted ``model_dir`` layouts:
+
+- a pack folder holding the ONNX files (``~/.insightface/models/buffalo_l``);
+- insightface's ``root`` (a folder with ``models/<name>/``) or a folder of packs: the one pack
+  found is used, or the one named by ``pack_name``;
+- an insightface 2.x model package (``manifest.json`` with ``manifest_version: 2``): its
+  ``detection`` and ``recognition`` tasks, their declared sha256 and preprocessing.
+
+Only the detector and the recognizer are loaded; the other models of a pack (landmarks,
+gender/age, ...) are ignored. Models are identified by their ONNX signatures, as insightface
+routes them, not by file name: a detector has one ``[1, 3, ?, ?]`` image input and >= 5 outputs
+(SCRFD with keypoints: 9 or 15); a recognizer has one ``[N, 3, S, S]`` input (``S`` 112 or a
+multiple of 112/128, not the 192 landmark or 96 attribute inputs) and one ``[N, D]`` output.
+
+onnxruntime sessions are created here with explicit providers (``device="cuda:1"`` means
+``("CUDAExecutionProvider", {"device_id": 1})`` followed by the CPU provider); when CUDA was asked
+for and the session did not activate it, loading raises instead of silently running on CPU.
+
+insightface's own wrappers do the model-specific work: ``model_zoo.SCRFD`` (decoding, NMS,
+letterboxing), ``utils.face_align.norm_crop`` (similarity transform to the ArcFace template) and
+``model_zoo.ArcFaceONNX`` (input normalisation). They take BGR images, so pixels are flipped once.
+
+License: the public packs are for non-commercial research. insightface 2.x reads a signed
+``MODEL.LICENSE`` beside the models; absent means non-commercial. The status is recorded in the
+provenance of every embedding (``ModelProvenance.license`` / ``commercial_use``).
+
+Example:
+    >>> from persona_ml.faces.insightface_backend import InsightFaceBackend
+    >>> backend = InsightFaceBackend("~/.insightface/models/buffalo_l", device="cuda:0")  # doctest: +SKIP
+    >>> backend.provenance.dim, backend.provenance.license                                 # doctest: +SKIP
+    (512, 'non-commercial (no MODEL.LICENSE)')
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .._atomic import sha256_file
+from ..errors import ArtifactError, BackendUnavailableError, InputError, ModelNotFoundError
+from ..images import LoadedImage
+from . import quality
+from .types import FaceObservation, ModelProvenance, l2_normalize
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "insightface"
+ENV_MODEL_DIR = "PERSONA_ML_INSIGHTFACE_DIR"
+DEFAULT_PACK = "buffalo_l"
+DEFAULT_DET_SIZE = 640
+DEFAULT_RETRY_DET_SIZES = (480, 320, 160)
+NO_LICENSE = "non-commercial (no MODEL.LICENSE)"
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+# ---------------------------------------------------------------------------------------------
+# devices and onnxruntime sessions
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """``"cpu"`` -> ``("cpu", None)``; ``"cuda"`` -> ``("cuda", 0)``; ``"cuda:1"`` -> ``("cuda", 1)``.
+
+    Raises:
+        InputError: anything else.
+    """
+    match = _DEVICE_RE.match(device) if isinstance(device, str) else None
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", field="device", value=device)
+    if match.group(1) == "cpu":
+        return "cpu", None
+    return "cuda", int(match.group(2) or 0)
+
+
+def onnx_providers(device: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The onnxruntime ``providers`` and ``provider_options`` for ``device``.
+
+    ``"cpu"`` -> CPU only. ``"cuda:N"`` -> CUDA with ``device_id`` N, then CPU: onnxruntime
+    places the few operators CUDA lacks on the CPU provider listed after it (insightface's
+    ``ctx_id`` does not pick a GPU; ``device_id`` does).
+
+    Raises:
+        InputError: ``device`` is not ``cpu``/``cuda``/``cuda:N``.
+    """
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return [_CPU], [{}]
+    return [_CUDA, _CPU], [{"device_id": int(index or 0)}, {}]
+
+
+def _provider_error(device: str, active: Sequence[str], available: Sequence[str], path: Path | None) -> None:
+    where = f" for {path.name}" if path is not None else ""
+    raise BackendUnavailableError(
+        f"device {device!r} needs onnxruntime's CUDAExecutionProvider, but the session{where} runs on "
+        f"{list(active) or 'nothing'} (onnxruntime {_ort_version()} offers {list(available)}). Common causes: "
+        "the CPU package 'onnxruntime' is installed beside 'onnxruntime-gpu' (uninstall both, reinstall "
+        "onnxruntime-gpu only), or the CUDA / cuDNN libraries do not match that onnxruntime-gpu build. "
+        "Use device='cpu' to run on the CPU on purpose.",
+        code="provider_unavailable", field="device", value=device, active_providers=list(active),
+        available_providers=list(available))
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return getattr(onnxruntime, "__version__", "?")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the insightface face backend needs onnxruntime: pip install onnxruntime (CPU) or "
+            "onnxruntime-gpu (CUDA), not both", field="backend", value=BACKEND_NAME) from exc
+    return onnxruntime
+
+
+def create_session(path: str | os.PathLike, device: str = "cpu", *, num_threads: int | None = None):
+    """An onnxruntime ``InferenceSession`` on ``device``, refusing a silent CPU fallback.
+
+    Args:
+        path: the ``.onnx`` file.
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+        num_threads: intra-op threads (``None``: onnxruntime's default, all cores).
+
+    Returns:
+        The session; ``session.get_providers()[0]`` is the provider asked for.
+
+    Raises:
+        BackendUnavailableError: code ``provider_unavailable`` when CUDA was asked for and the
+            session did not get it; ``backend_unavailable`` when onnxruntime is missing.
+        ArtifactError: code ``model_load_failed`` when onnxruntime cannot load the file.
+    """
+    ort = _import_onnxruntime()
+    providers, options = onnx_providers(device)
+    path = Path(path)
+    available = list(ort.get_available_providers())
+    if providers[0] not in available:
+        _provider_error(device, [], available, path)
+    if providers[0] == _CUDA:
+        try:  # onnxruntime-gpu >= 1.21 can find CUDA/cuDNN installed from pip (nvidia-* wheels)
+            from insightface.model_zoo.onnxruntime_utils import preload_cuda_libraries
+
+            preload_cuda_libraries(providers)
+        except Exception:  # noqa: BLE001 - best effort; the provider check below decides
+            logger.debug("onnxruntime CUDA preload failed", exc_info=True)
+    sess_options = ort.SessionOptions()
+    sess_options.log_severity_level = 3  # the fallback warning is replaced by our own error
+    if num_threads is not None:
+        sess_options.intra_op_num_threads = int(num_threads)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=sess_options, providers=providers,
+                                       provider_options=options)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
+        raise ArtifactError(f"onnxruntime could not load {path}: {exc}", code="model_load_failed",
+                            field="model", value=str(path)) from exc
+    active = list(session.get_providers())
+    if not active or active[0] != providers[0]:
+        _provider_error(device, active, available, path)
+    return session
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the models
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """Inputs and outputs of an ONNX graph: ``(name, shape, elem_type)``; a dim is an int or ``None``."""
+
+    inputs: tuple[tuple[str, tuple[int | None, ...], int], ...]
+    outputs: tuple[tuple[str, tuple[int | None, ...]], ...]
+
+    def role(self) -> tuple[str, str]:
+        """``("detector" | "recognizer" | "other", reason)`` by insightface's routing rules."""
+        if len(self.inputs) != 1:
+            return "other", f"{len(self.inputs)} inputs"
+        shape = self.inputs[0][1]
+        if len(shape) != 4 or shape[1] != 3:
+            return "other", f"input shape {_fmt_shape(shape)} is not [N, 3, H, W]"
+        if len(self.outputs) >= 5:
+            if len(self.outputs) not in (9, 15):
+                return "other", f"detector with {len(self.outputs)} outputs has no keypoints (SCRFD kps: 9 or 15)"
+            if shape[0] not in (1, None):
+                return "other", f"detector input batch {shape[0]} (SCRFD: 1)"
+            return "detector", f"{len(self.outputs)} outputs"
+        h, w = shape[2], shape[3]
+        if h is None or w is None or h != w:
+            return "other", f"input {_fmt_shape(shape)} is not a square face crop"
+        if h in (96, 192):
+            return "other", f"{h}x{h} input (attribute / landmark model)"
+        if not (h % 112 == 0 or h % 128 == 0) or len(self.outputs) != 1 or len(self.outputs[0][1]) != 2:
+            return "other", f"input {_fmt_shape(shape)}, outputs {[_fmt_shape(o[1]) for o in self.outputs]}"
+        return "recognizer", f"{h}x{w} -> {_fmt_shape(self.outputs[0][1])}"
+
+
+def _fmt_shape(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def read_signature(path: str | os.PathLike) -> OnnxSignature:
+    """Read an ONNX file's graph inputs (initializers excluded) and outputs without running it.
+
+    Raises:
+        ArtifactError: code ``model_load_failed`` when the file is not a readable ONNX model.
+    """
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except ImportError as exc:
+        raise BackendUnavailableError("the insightface backend needs the 'onnx' package: pip install onnx",
+                                      field="backend", value=BACKEND_NAME) from exc
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise ArtifactError(f"{path} is not a readable ONNX model: {exc}", code="model_load_failed",
+                            field="model", value=str(path)) from exc
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+
+    def dims(value) -> tuple[int | None, ...]:
+        shape = value.type.tensor_type.shape
+        return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim)
+
+    inputs = tuple((v.name, dims(v), int(v.type.tensor_type.elem_type))
+                   for v in graph.input if v.name not in initializers)
+    outputs = tuple((v.name, dims(v)) for v in graph.output)
+    return OnnxSignature(inputs=inputs, outputs=outputs)
+
+
+@dataclass(frozen=True)
+class PackFiles:
+    """The two models of a pack and how they were chosen.
+
+    Attributes:
+        folder: the pack folder.
+        model_name: the pack name (folder name; a manifest's ``model_id``).
+        layout: ``"folder"`` (buffalo_l / antelopev2) or ``"manifest"`` (insightface 2.x V2).
+        detector / recognizer: the ONNX files.
+        det_preprocessing / rec_preprocessing: a manifest's ``{"mean", "std"}`` or ``"embedded"``;
+            ``None`` for a folder pack (insightface's wrappers choose).
+        embedding_dim: a manifest's declared dimension, else ``None``.
+        ignored: ONNX files not used, with the reason.
+    """
+
+    folder: Path
+    model_name: str
+    layout: str
+    detector: Path
+    recognizer: Path
+    det_preprocessing: Any = None
+    rec_preprocessing: Any = None
+    embedding_dim: int | None = None
+    ignored: Mapping[str, str] = field(default_factory=dict)
+
+
+def _holds_pack(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and (any(folder.glob("*.onnx")) or (folder / "manifest.json").is_file())
+    except OSError:
+        return False
+
+
+def default_model_dirs() -> list[Path]:
+    """Where a pack is looked for when no ``model_dir`` is given: ``$PERSONA_ML_INSIGHTFACE_DIR``,
+    then ``~/.insightface/models/buffalo_l`` (where insightface's own downloader puts it)."""
+    out = []
+    if os.environ.get(ENV_MODEL_DIR):
+        out.append(Path(os.environ[ENV_MODEL_DIR]).expanduser())
+    out.append(Path("~/.insightface/models").expanduser() / DEFAULT_PACK)
+    return out
+
+
+def locate_pack(model_dir: str | os.PathLike | None, pack_name: str | None = None) -> Path:
+    """Find the pack folder under ``model_dir`` (see the module docstring for the layouts).
+
+    Raises:
+        ModelNotFoundError: nothing found; ``details['searched']`` lists every folder tried.
+        InputError: code ``model_pack_ambiguous`` when several packs are found and no
+            ``pack_name`` says which.
+    """
+    roots = [Path(model_dir).expanduser()] if model_dir is not None else default_model_dirs()
+    searched: list[str] = []
+    for root in roots:
+        candidates = ([root / pack_name, root / "models" / pack_name] if pack_name else []) + [root]
+        for cand in candidates:
+            searched.append(str(cand))
+            if pack_name and cand == root and root.name != pack_name:
+                continue
+            if _holds_pack(cand):
+                return cand
+        if pack_name or not root.is_dir():
+            continue
+        found = []
+        for parent in (root / "models", root):
+            if parent.is_dir():
+                searched.append(str(parent / "*"))
+                found += [p for p in sorted(parent.iterdir()) if p.is_dir() and _holds_pack(p)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = sorted({p.name for p in found})
+            raise InputError(f"{root} holds several insightface packs ({', '.join(names)}); pass pack_name=",
+                             code="model_pack_ambiguous", field="pack_name", value=None, packs=names)
+    what = f"insightface pack {pack_name!r}" if pack_name else "an insightface model pack (*.onnx or manifest.json)"
+    hint = ("" if model_dir is not None else
+            f" (no model_dir given; set {ENV_MODEL_DIR} or pass model_dir)")
+    raise ModelNotFoundError(
+        f"{what} not found{hint}; searched: {', '.join(searched)}. Packs are never downloaded: "
+        "copy one (e.g. buffalo_l) to a local folder and pass it as model_dir",
+        field="model_dir", value=None if model_dir is None else str(model_dir), searched=searched)
+
+
+def resolve_pack(folder: Path) -> PackFiles:
+    """Pick the detector and recognizer of a pack folder (manifest V2 or ONNX signatures).
+
+    Raises:
+        ModelNotFoundError: a model is missing (``details['searched']`` lists the files examined).
+        ArtifactError: an invalid manifest, a checksum mismatch, or a manifest model whose
+            signature does not fit its task.
+    """
+    from insightface.model_zoo.package_manifest import has_model_package_manifest
+
+    if has_model_package_manifest(folder):
+        return _resolve_manifest(folder)
+    if (folder / "manifest.json").is_file():
+        logger.info("%s/manifest.json is not a V2 package manifest; models are chosen by signature", folder)
+    files = sorted(folder.glob("*.onnx"))
+    detector = recognizer = None
+    ignored: dict[str, str] = {}
+    for path in files:
+        role, reason = read_signature(path).role()
+        if role == "detector" and detector is None:
+            detector = path
+        elif role == "recognizer" and recognizer is None:
+            recognizer = path
+        else:
+            ignored[path.name] = reason if role == "other" else f"another {role} ({reason}) was chosen first"
+    if ignored:
+        logger.debug("insightface pack %s: ignored %s", folder, ignored)
+    missing = [what for what, got in (("detector (SCRFD: [1, 3, ?, ?] -> >= 5 outputs with keypoints)", detector),
+                                      ("recognizer (ArcFace: [N, 3, 112, 112] -> [N, D])", recognizer))
+               if got is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"insightface pack {folder} has no {' and no '.join(missing)}; examined: "
+            + (", ".join(f"{p.name} ({ignored.get(p.name, 'used')})" for p in files) or "no .onnx files"),
+            field="model_dir", value=str(folder), searched=[str(p) for p in files] or [str(folder / "*.onnx")],
+            ignored=ignored)
+    assert detector is not None and recognizer is not None
+    return PackFiles(folder=folder, model_name=folder.name, layout="folder", detector=detector,
+                     recognizer=recognizer, ignored=ignored)
+
+
+def _resolve_manifest(folder: Path) -> PackFiles:
+    from insightface.model_zoo import package_manifest as pm
+
+    try:
+        package = pm.load_model_package(folder)
+    except FileNotFoundError as exc:
+        raise ModelNotFoundError(str(exc), field="model_dir", value=str(folder),
+                                 searched=[str(folder / pm.MODEL_PACKAGE_MANIFEST)]) from exc
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"invalid insightface package manifest {folder / pm.MODEL_PACKAGE_MANIFEST}: {exc}",
+                            code="model_manifest_invalid", field="manifest", value=str(folder)) from exc
+    paths: dict[str, Path] = {}
+    searched = [str(folder / pm.MODEL_PACKAGE_MANIFEST)]
+    for task, role in ((pm.DETECTION_TASK, "detector"), (pm.RECOGNITION_TASK, "recognizer")):
+        if task not in package.tasks:
+            raise ModelNotFoundError(f"package manifest {package.manifest_path} declares no {task!r} task "
+                                     f"(it has: {', '.join(package.tasks) or 'none'})",
+                                     field="manifest", value=str(folder), searched=searched)
+        descriptor = package.tasks[task]
+        searched.append(str(descriptor.path))
+        try:
+            path = pm.verify_model_artifact(descriptor)
+        except FileNotFoundError as exc:
+            raise ModelNotFoundError(f"{task} model {descriptor.file} of package {package.name} is missing: {exc}",
+                                     field="manifest", value=str(folder), searched=searched) from exc
+        except (RuntimeError, ValueError) as exc:
+            raise ArtifactError(f"{task} model {descriptor.file} of package {package.name}: {exc}",
+                                code="model_checksum_mismatch", field=f"tasks.{task}", value=descriptor.file) from exc
+        got, reason = read_signature(path).role()
+        if got != role:
+            raise ArtifactError(f"manifest {task} model {descriptor.file} does not have a {role}'s signature "
+                                f"({reason})", code="model_signature_mismatch", field=f"tasks.{task}",
+                                value=descriptor.file)
+        paths[task] = path
+    used = set(paths.values())
+    ignored = {p.name: "not a detection/recognition task of the manifest"
+               for p in sorted(folder.rglob("*.onnx")) if p.resolve() not in used}
+    rec_meta = package.tasks[pm.RECOGNITION_TASK].metadata
+    return PackFiles(folder=folder, model_name=package.name, layout="manifest",
+                     detector=paths[pm.DETECTION_TASK], recognizer=paths[pm.RECOGNITION_TASK],
+                     det_preprocessing=package.tasks[pm.DETECTION_TASK].metadata.get("preprocessing"),
+                     rec_preprocessing=rec_meta.get("preprocessing"),
+                     embedding_dim=rec_meta.get("embedding_dimension"), ignored=ignored)
+
+
+# ---------------------------------------------------------------------------------------------
+# license
+
+
+@dataclass(frozen=True)
+class LicenseStatus:
+    """What a pack's ``MODEL.LICENSE`` allows (insightface 2.x's inspection, summarised).
+
+    Attributes:
+        status: insightface's status (``default_non_commercial``, ``verified_commercial``,
+            ``verified_non_commercial``, ``invalid``, ``expired``, ``not_active``,
+            ``invalid_manifest``, ``dependency_missing``).
+        license: the text stored in provenance, e.g. ``"non-commercial (no MODEL.LICENSE)"``.
+        commercial_use: ``True`` only for a verified commercial grant; ``None`` when a license
+            exists but could not be verified here.
+        message: insightface's explanation.
+    """
+
+    status: str
+    license: str
+    commercial_use: bool | None
+    message: str
+    license_id: str | None = None
+
+
+def inspect_license(folder: str | os.PathLike) -> LicenseStatus:
+    """Read the pack's license with insightface's ``inspect_model_package_license`` (no network)."""
+    from insightface.model_zoo import model_license as ml
+
+    result = ml.inspect_model_package_license(folder)
+    status = result.status
+    lic = result.license
+    if status == ml.STATUS_DEFAULT_NON_COMMERCIAL:
+        return LicenseStatus(status, NO_LICENSE, False, result.message)
+    if status in (ml.STATUS_VERIFIED_COMMERCIAL, ml.STATUS_VERIFIED_NON_COMMERCIAL) and lic is not None:
+        grant = "commercial" if lic.commercial_use_permitted else "non-commercial"
+        return LicenseStatus(status, f"{grant} (signed MODEL.LICENSE {lic.license_id})",
+                             bool(lic.commercial_use_permitted), result.message, lic.license_id)
+    if status == ml.STATUS_DEPENDENCY_MISSING:
+        logger.warning("%s has a MODEL.LICENSE that cannot be verified here: %s", folder, result.message)
+        return LicenseStatus(status, "unverified MODEL.LICENSE (install cryptography and rfc8785 to verify)",
+                             None, result.message)
+    logger.warning("%s: MODEL.LICENSE is %s: %s; treating the pack as not licensed for commercial use",
+                   folder, status, result.message)
+    return LicenseStatus(status, f"invalid MODEL.LICENSE ({status})", False, result.message)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# the backend
+
+
+class InsightFaceBackend:
+    """SCRFD + ArcFace from a local insightface pack, on onnxruntime with explicit providers.
+
+    Args:
+        model_dir: pack folder, insightface root (``models/<name>/``) or manifest package;
+            default: ``$PERSONA_ML_INSIGHTFACE_DIR`` then ``~/.insightface/models/buffalo_l``.
+        device: ``"cpu"`` or ``"cuda[:N]"`` (CUDA provider with ``device_id`` N; never a silent
+            CPU fallback).
+        pack_name: which pack when ``model_dir`` holds several.
+        det_size: detection input side in pixels (insightface's ``det_size``; 640).
+        det_thresh: detection score threshold (insightface's default 0.5).
+        retry_det_sizes: smaller detection sizes tried, in order, when nothing was found (SCRFD
+            misses faces that fill the frame); only sizes below ``det_size`` are used.
+        retry_pad: when the retries found nothing either, pad the image by this fraction of its
+            long side on every side and detect once more at ``det_size`` (0 disables).
+        rec_batch_size: aligned faces per recognizer run (faces of all images share runs).
+        num_threads: onnxruntime intra-op threads per session (``None``: all cores).
+        nms_thresh: detection NMS IoU threshold (insightface's 0.4).
+
+    Raises:
+        InputError: a bad option or device string.
+        ModelNotFoundError: no pack, or no detector / recognizer in it (``details['searched']``).
+        BackendUnavailableError: onnxruntime/insightface missing, or CUDA asked for but not
+            active (code ``provider_unavailable``).
+        ArtifactError: a corrupt model, an invalid manifest or a checksum mismatch.
+    """
+
+    name = BACKEND_NAME
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, *, device: str = "cpu",
+                 pack_name: str | None = None, det_size: int = DEFAULT_DET_SIZE, det_thresh: float = 0.5,
+                 retry_det_sizes: Sequence[int] = DEFAULT_RETRY_DET_SIZES, retry_pad: float = 0.5,
+                 rec_batch_size: int = 32, num_threads: int | None = None, nms_thresh: float = 0.4) -> None:
+        parse_device(device)
+        _check_int("det_size", det_size, 32)
+        if det_size % 32:
+            raise InputError(f"det_size must be a multiple of 32 (SCRFD's largest stride), got {det_size}",
+                             field="det_size", value=det_size)
+        if isinstance(retry_det_sizes, (str, bytes)) or not isinstance(retry_det_sizes, Sequence):
+            raise InputError(f"retry_det_sizes must be a sequence of ints, got {retry_det_sizes!r}",
+                             field="retry_det_sizes", value=repr(retry_det_sizes))
+        for size in retry_det_sizes:
+            _check_int("retry_det_sizes", size, 32)
+            if size % 32:
+                raise InputError(f"retry_det_sizes must be multiples of 32, got {size}",
+                                 field="retry_det_sizes", value=size)
+        _check_int("rec_batch_size", rec_batch_size, 1)
+        if num_threads is not None:
+            _check_int("num_threads", num_threads, 1)
+        for fname, value, low, high in (("det_thresh", det_thresh, 0.0, 1.0), ("nms_thresh", nms_thresh, 0.0, 1.0),
+                                        ("retry_pad", retry_pad, 0.0, 4.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+                raise InputError(f"{fname} must be a number in [{low}, {high}], got {value!r}",
+                                 field=fname, value=value)
+        try:
+            from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+            from insightface.model_zoo.scrfd import SCRFD
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "the insightface face backend needs insightface and onnxruntime: pip install insightface "
+                f"onnxruntime (or onnxruntime-gpu) ({exc})", field="backend", value=BACKEND_NAME) from exc
+
+        folder = locate_pack(model_dir, pack_name)
+        files = resolve_pack(folder)
+        self.device = device
+        self.pack = files
+        self.det_size = int(det_size)
+        self.det_thresh = float(det_thresh)
+        self.retry_det_sizes = tuple(int(s) for s in retry_det_sizes if int(s) < det_size)
+        self.retry_pad = float(retry_pad)
+        self.rec_batch_size = int(rec_batch_size)
+        self.num_threads = num_threads
+
+        det_session = create_session(files.detector, device, num_threads=num_threads)
+        rec_session = create_session(files.recognizer, device, num_threads=num_threads)
+        # one dynamic session for every detection size (insightface 2.x would build one static
+        # session per size; the retry sizes would multiply session memory)
+        self._det = SCRFD(model_file=str(files.detector), session=det_session, static_shape_sessions=False)
+        self._det.det_thresh = self.det_thresh
+        self._det.nms_thresh = float(nms_thresh)
+        self._rec = ArcFaceONNX(model_file=str(files.recognizer), session=rec_session)
+        for model, pre, session in ((self._det, files.det_preprocessing, det_session),
+                                    (self._rec, files.rec_preprocessing, rec_session)):
+            if pre is not None:
+                _apply_preprocessing(model, pre, session)
+        rec_shape = rec_session.get_inputs()[0].shape
+        self.rec_size = int(rec_shape[2])
+        fixed_batch = rec_shape[0] if isinstance(rec_shape[0], int) and rec_shape[0] > 0 else None
+        self._rec_max_batch = min(self.rec_batch_size, fixed_batch) if fixed_batch else self.rec_batch_size
+        self._rec_fixed_batch = fixed_batch
+        dim = self._embedding_dim(rec_session, files)
+        self.license = inspect_license(folder)
+        self.provenance = ModelProvenance(
+            backend=BACKEND_NAME, model_name=files.model_name,
+            files={_rel(files.detector, folder): _file_sha256(files.detector),
+                   _rel(files.recognizer, folder): _file_sha256(files.recognizer)},
+            dim=dim, license=self.license.license, commercial_use=self.license.commercial_use)
+        logger.info("insightface pack %s (%s): detector %s, recognizer %s (%d-d), device %s, license %s",
+                    files.model_name, folder, files.detector.name, files.recognizer.name, dim, device,
+                    self.license.license)
+
+    def __repr__(self) -> str:
+        return (f"InsightFaceBackend(model={self.provenance.model_name!r}, device={self.device!r}, "
+                f"det_size={self.det_size})")
+
+    def _embedding_dim(self, session, files: PackFiles) -> int:
+        out_shape = session.get_outputs()[0].shape
+        dim = out_shape[-1] if isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
+        if dim is None and files.embedding_dim:
+            dim = int(files.embedding_dim)
+        if dim is None:  # symbolic output width: ask the model once
+            probe = np.zeros((self.rec_size, self.rec_size, 3), np.uint8)
+            dim = int(np.asarray(self._rec.get_feat([probe])).shape[-1])
+        return int(dim)
+
+    def options(self) -> dict[str, Any]:
+        """The settings that shape detection and embeddings (for reports and benchmarks)."""
+        return {"device": self.device, "det_size": self.det_size, "det_thresh": self.det_thresh,
+                "nms_thresh": self._det.nms_thresh, "retry_det_sizes": list(self.retry_det_sizes),
+                "retry_pad": self.retry_pad, "rec_batch_size": self.rec_batch_size,
+                "num_threads": self.num_threads, "layout": self.pack.layout,
+                "detector": self.pack.detector.name, "recognizer": self.pack.recognizer.name}
+
+    # detection ---------------------------------------------------------------------------
+
+    def detect(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Faces of one BGR image: ``(det [K, 5] = x0, y0, x1, y1, score; kps [K, 5, 2]; info)``.
+
+        Tries ``det_size``, then each of ``retry_det_sizes``, then a padded copy, stopping at the
+        first pass that finds a face; ``info`` names the pass (``detect_pass``, ``det_size``).
+        """
+        h, w = bgr.shape[:2]
+        for i, size in enumerate((self.det_size, *self.retry_det_sizes)):
+            if min(h, w) * size / max(h, w) < 1:  # SCRFD's letterbox would resize a side to 0 px
+                continue
+            det, kps = self._det.detect(bgr, input_size=(size, size), det_thresh=self.det_thresh)
+            if len(det):
+                return det, kps, {"detect_pass": "first" if i == 0 else f"retry_{size}", "det_size": size}
+        if self.retry_pad > 0:
+            import cv2
+
+            pad = max(1, int(round(self.retry_pad * max(h, w))))
+            padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            det, kps = self._det.detect(padded, input_size=(self.det_size, self.det_size),
+                                        det_thresh=self.det_thresh)
+            if len(det):
+                det = det.copy()
+                det[:, :4] -= pad
+                kps = kps - pad
+                return det, kps, {"detect_pass": "padded", "det_size": self.det_size, "pad": pad}
+        return np.empty((0, 5), np.float32), np.empty((0, 5, 2), np.float32), {"detect_pass": "none"}
+
+    # embedding ---------------------------------------------------------------------------
+
+    def align(self, bgr: np.ndarray, kps: np.ndarray) -> np.ndarray:
+        """The ``rec_size`` x ``rec_size`` ArcFace crop of one face (``face_align.norm_crop``)."""
+        from insightface.utils import face_align
+
+        with warnings.catch_warnings():  # scikit-image 0.26 deprecates the estimate() norm_crop calls
+            warnings.simplefilter("ignore", FutureWarning)
+            return face_align.norm_crop(bgr, landmark=np.asarray(kps, np.float32).reshape(5, 2),
+                                        image_size=self.rec_size)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Raw (not normalised) embeddings ``[n, dim]`` of aligned BGR crops, ``rec_batch_size`` per run."""
+        if not crops:
+            return np.empty((0, 0), np.float32)
+        out = []
+        step = self._rec_max_batch
+        for start in range(0, len(crops), step):
+            chunk = list(crops[start:start + step])
+            real = len(chunk)
+            if self._rec_fixed_batch and real < self._rec_fixed_batch:  # a fixed-batch export: pad the chunk
+                chunk += [chunk[-1]] * (self._rec_fixed_batch - real)
+            feats = np.asarray(self._rec.get_feat(chunk), dtype=np.float32).reshape(len(chunk), -1)
+            out.append(feats[:real])
+        return np.concatenate(out, axis=0)
+
+    def analyze_images(self, images: Sequence[LoadedImage]) -> list[list[FaceObservation]]:
+        """Detect, align and embed every face of every image; recognition is batched across images.
+
+        Args:
+            images: decoded images (``persona_ml.images.load_image``).
+
+        Returns:
+            One list per image of ``FaceObservation``, sorted by box area (largest first);
+            empty when no pass found a face.
+        """
+        found: list[tuple[int, np.ndarray, np.ndarray, dict[str, Any]]] = []
+        crops: list[np.ndarray] = []
+        bgrs = []
+        for idx, image in enumerate(images):
+            bgr = np.ascontiguousarray(image.pixels[..., ::-1])
+            bgrs.append(bgr)
+            det, kps, info = self.detect(bgr)
+            for row, points in zip(det, kps):
+                found.append((idx, row, np.asarray(points, np.float32).reshape(5, 2), info))
+                crops.append(self.align(bgr, points))
+        feats = self.embed_crops(crops)
+        results: list[list[FaceObservation]] = [[] for _ in images]
+        for (idx, row, points, info), feat in zip(found, feats):
+            results[idx].append(self._observation(images[idx], row, points, feat, info))
+        for faces in results:
+            faces.sort(key=lambda f: -f.area)
+        return results
+
+    def _observation(self, image: LoadedImage, row: np.ndarray, points: np.ndarray, feat: np.ndarray,
+                     info: dict[str, Any]) -> FaceObservation:
+        pixels = image.pixels
+        h, w = pixels.shape[:2]
+        x0, y0, x1, y1, score = (float(v) for v in row[:5])
+        bbox = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
+        gray = quality.to_gray(quality.crop_box(pixels, bbox))
+        try:
+            pose = quality.pose_from_landmarks(points)
+            if not all(math.isfinite(v) for v in pose):
+                pose = None
+        except (ValueError, ZeroDivisionError):
+            pose = None
+        return FaceObservation(
+            bbox=bbox,
+            landmarks=points.astype(np.float32),
+            det_score=score,
+            face_size=float(max(0.0, min(bbox[2] - bbox[0], bbox[3] - bbox[1]))),
+            sharpness=quality.laplacian_variance(gray),
+            pose=pose,
+            embedding=l2_normalize(feat),
+            image_sha256=image.sha256,
+            image_size=(w, h),
+            provenance=self.provenance,
+            extra={**info, "raw_bbox": [x0, y0, x1, y1], "embedding_norm": float(np.linalg.norm(feat))},
+        )
+
+
+def _apply_preprocessing(model, preprocessing: Any, session) -> None:
+    """A manifest's preprocessing: ``"embedded"`` (the graph normalises) or ``{"mean", "std"}``."""
+    input_type = str(session.get_inputs()[0].type)
+    if preprocessing == "embedded":
+        model.input_mean, model.input_std = 0.0, 1.0
+    else:
+        model.input_mean, model.input_std = float(preprocessing["mean"]), float(preprocessing["std"])
+    model.input_dtype = np.uint8 if input_type == "tensor(uint8)" else np.float32
+
+
+def _rel(path: Path, folder: Path) -> str:
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}", field=name, value=value)
