@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -179,6 +180,7 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
     if len(data) == 0:
         raise ImageError(f"{label}: empty file (0 bytes)", code="image_empty", field="image", value=label)
     digest = hashlib.sha256(data).hexdigest()
+    _check_png_header(data, limits, label)
     allowed = limits.formats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -222,6 +224,16 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
     _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
     return LoadedImage(pixels=pixels, sha256=digest, format=fmt, source=label, original_mode=mode,
                        exif_transposed=orientation != 1, n_frames=n_frames)
+
+
+def _check_png_header(data: bytes, limits: ImageLimits, label: str) -> None:
+    """Refuse a PNG whose IHDR claims too many pixels even when the rest of the file is missing
+    (Pillow would then call it "not an image" and hide that it is a decompression bomb)."""
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        if w * h > limits.max_pixels:
+            raise ImageError(f"{label}: {w}x{h} = {w * h} pixels exceeds the {limits.max_pixels}-pixel limit",
+                             code="image_too_large", field="image", value=[w, h], limit=limits.max_pixels)
 
 
 def _check_dims(size: tuple[int, int], limits: ImageLimits, label: str) -> None:

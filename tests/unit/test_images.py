@@ -81,6 +81,13 @@ def test_png_header_claiming_30000_squared_is_refused_before_decoding(tmp_path):
     assert info.value.code == "image_too_large"
 
 
+def test_png_header_alone_is_enough_to_refuse_a_bomb():
+    # signature + IHDR and nothing else: Pillow cannot open it, but it is a bomb, not "not an image"
+    header = _png_claiming(30000, 30000)[:33]
+    assert _code(header) == "image_too_large"
+    assert _code(_png_claiming(300, 300)[:33]) in ("image_not_an_image", "image_truncated")
+
+
 def test_pixel_limit_is_ours_and_configurable():
     # 10000 x 10000 = 100 MP: under Pillow's own bomb error, over our 50 MP default.
     data = _png_claiming(10000, 10000)
