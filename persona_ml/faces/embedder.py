@@ -131,18 +131,21 @@ class FaceEmbedder:
         try:
             per_image = self.impl.analyze_images(images)
             return [sorted(faces, key=lambda f: -f.area) for faces in per_image]
-        except PersonaMLError:
+        except ImageError as exc:  # the backend refused one image of the batch
+            if len(images) == 1:
+                return [exc]
+        except PersonaMLError:  # backend-wide problems (CUDA missing, model mismatch) are not per image
             raise
         except Exception:  # a backend crash on one image must not lose the whole batch
             if len(images) == 1:
                 logger.exception("face backend %s failed on %s", self.backend, images[0].source)
                 return [ImageError(f"{images[0].source}: the {self.backend} face backend could not process "
                                    "this image", code="image_unreadable", field="image", value=images[0].source)]
-            logger.warning("face backend %s failed on a batch of %d; retrying one by one", self.backend, len(images))
-            out: list[list[FaceObservation] | ImageError] = []
-            for img in images:
-                out.extend(self._analyze_loaded([img]))
-            return out
+        logger.warning("face backend %s failed on a batch of %d; retrying one by one", self.backend, len(images))
+        out: list[list[FaceObservation] | ImageError] = []
+        for img in images:
+            out.extend(self._analyze_loaded([img]))
+        return out
 
     def analyze_one(self, image: ImageSource) -> list[FaceObservation]:
         """Faces of one image, largest first.

@@ -228,3 +228,54 @@ def test_no_face_is_coded():
     assert info.value.code == "no_face"
     with pytest.raises(InputError):
         select_primary_face([_face(0, 0, 50)], (640, 480), similar_size_ratio=0)
+
+
+# ---- FaceEmbedder over a fake backend ------------------------------------------------------
+
+class _FakeBackend:
+    """Two faces per image (small first); crashes on all-black images, refuses all-white ones."""
+
+    name = "dlib"
+    provenance = PROV
+
+    def __init__(self):
+        self.calls = []
+
+    def analyze_images(self, images):
+        from persona_ml.errors import ImageError
+
+        self.calls.append(len(images))
+        out = []
+        for img in images:
+            if img.pixels.max() == 0:
+                raise RuntimeError("backend crashed")
+            if img.pixels.min() == 255:
+                raise ImageError("refused", code="image_unreadable")
+            out.append([_obs(np.ones(DIM), img.sha256, bbox=(0, 0, 40, 40)),
+                        _obs(np.ones(DIM), img.sha256, bbox=(50, 50, 150, 150))])
+        return out
+
+
+def test_embedder_isolates_a_failing_image_and_sorts_faces_by_area():
+    from persona_ml.errors import BackendUnavailableError, ImageError
+    from persona_ml.faces.embedder import FaceEmbedder
+
+    backend = _FakeBackend()
+    embedder = FaceEmbedder(backend, batch_size=4)
+    grey, black, white = (np.full((64, 64, 3), v, np.uint8) for v in (120, 0, 255))
+    results = embedder.analyze([grey, black, b"", white, grey])
+    assert [type(r).__name__ for r in results] == ["list", "ImageError", "ImageError", "ImageError", "list"]
+    assert results[1].code == "image_unreadable" and results[2].code == "image_empty"
+    assert [f.face_size for f in results[0]] == [100.0, 40.0]  # largest first
+    assert embedder.embed_primary(grey).face_size == 100.0
+    with pytest.raises(ImageError):
+        embedder.analyze_one(black)
+
+    class Broken(_FakeBackend):
+        def analyze_images(self, images):
+            raise BackendUnavailableError("CUDA provider missing")
+
+    with pytest.raises(BackendUnavailableError):
+        FaceEmbedder(Broken()).analyze([grey])
+    with pytest.raises(InputError):
+        embedder.analyze(grey)  # one image is not a sequence of images
