@@ -351,6 +351,24 @@ def test_padding_finds_a_face_that_fills_the_frame(pack):
     assert _backend(pack, det_size=96, retry_det_sizes=(), retry_pad=0.0).analyze_images([closeup]) == [[]]
 
 
+def test_same_faces_and_embeddings_as_insightface_face_analysis(tmp_path):
+    """Our sessions, BGR flip, alignment and batching reproduce insightface's own pipeline."""
+    from insightface.app import FaceAnalysis
+
+    folder = ot.write_fake_pack(tmp_path / "p", extra_models=False)
+    img = load_image(ot.faces_image(640, 480, [(64, 64, 16, 1), (320, 160, 32, 2), (512, 256, 32, 3)]))
+    ours = _backend(folder).analyze_images([img])[0]
+    app = FaceAnalysis(name=str(folder), allowed_modules=["detection", "recognition"],
+                       providers=["CPUExecutionProvider"])
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    reference = {tuple(float(v) for v in r.bbox): r for r in app.get(np.ascontiguousarray(img.pixels[..., ::-1]))}
+    assert sorted(reference) == sorted(f.bbox for f in ours)
+    for face in ours:
+        ref = reference[face.bbox]
+        np.testing.assert_allclose(face.landmarks, ref.kps, atol=1e-4)
+        assert float(np.dot(face.embedding, ref.normed_embedding)) > 0.9999
+
+
 # license ---------------------------------------------------------------------------------
 
 
