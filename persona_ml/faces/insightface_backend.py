@@ -296,9 +296,9 @@ def locate_pack(model_dir: str | os.PathLike | None, pack_name: str | None = Non
     for root in roots:
         candidates = ([root / pack_name, root / "models" / pack_name] if pack_name else []) + [root]
         for cand in candidates:
-            searched.append(str(cand))
             if pack_name and cand == root and root.name != pack_name:
                 continue
+            searched.append(str(cand))
             if _holds_pack(cand):
                 return cand
         if pack_name or not root.is_dir():
@@ -331,7 +331,11 @@ def resolve_pack(folder: Path) -> PackFiles:
         ArtifactError: an invalid manifest, a checksum mismatch, or a manifest model whose
             signature does not fit its task.
     """
-    from insightface.model_zoo.package_manifest import has_model_package_manifest
+    try:
+        from insightface.model_zoo.package_manifest import has_model_package_manifest
+    except ImportError:  # insightface < 2: no manifest packages
+        def has_model_package_manifest(_folder) -> bool:
+            return False
 
     if has_model_package_manifest(folder):
         return _resolve_manifest(folder)
@@ -359,9 +363,8 @@ def resolve_pack(folder: Path) -> PackFiles:
             + (", ".join(f"{p.name} ({ignored.get(p.name, 'used')})" for p in files) or "no .onnx files"),
             field="model_dir", value=str(folder), searched=[str(p) for p in files] or [str(folder / "*.onnx")],
             ignored=ignored)
-    assert detector is not None and recognizer is not None
-    return PackFiles(folder=folder, model_name=folder.name, layout="folder", detector=detector,
-                     recognizer=recognizer, ignored=ignored)
+    return PackFiles(folder=folder, model_name=folder.name, layout="folder",
+                     detector=detector, recognizer=recognizer, ignored=ignored)  # type: ignore[arg-type]
 
 
 def _resolve_manifest(folder: Path) -> PackFiles:
@@ -436,8 +439,13 @@ class LicenseStatus:
 
 def inspect_license(folder: str | os.PathLike) -> LicenseStatus:
     """Read the pack's license with insightface's ``inspect_model_package_license`` (no network)."""
-    from insightface.model_zoo import model_license as ml
-
+    try:
+        from insightface.model_zoo import model_license as ml
+    except ImportError:  # insightface < 2 cannot verify licenses
+        if (Path(folder) / "MODEL.LICENSE").exists():
+            return LicenseStatus("dependency_missing", "unverified MODEL.LICENSE (needs insightface >= 2 to verify)",
+                                 None, "insightface < 2 cannot verify MODEL.LICENSE")
+        return LicenseStatus("default_non_commercial", NO_LICENSE, False, "MODEL.LICENSE is absent")
     result = ml.inspect_model_package_license(folder)
     status = result.status
     lic = result.license
@@ -547,7 +555,10 @@ class InsightFaceBackend:
         rec_session = create_session(files.recognizer, device, num_threads=num_threads)
         # one dynamic session for every detection size (insightface 2.x would build one static
         # session per size; the retry sizes would multiply session memory)
-        self._det = SCRFD(model_file=str(files.detector), session=det_session, static_shape_sessions=False)
+        try:
+            self._det = SCRFD(model_file=str(files.detector), session=det_session, static_shape_sessions=False)
+        except TypeError:  # insightface < 2 has a single dynamic session anyway
+            self._det = SCRFD(model_file=str(files.detector), session=det_session)
         self._det.det_thresh = self.det_thresh
         self._det.nms_thresh = float(nms_thresh)
         self._rec = ArcFaceONNX(model_file=str(files.recognizer), session=rec_session)
@@ -578,6 +589,10 @@ class InsightFaceBackend:
     def _embedding_dim(self, session, files: PackFiles) -> int:
         out_shape = session.get_outputs()[0].shape
         dim = out_shape[-1] if isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
+        if dim is not None and files.embedding_dim and int(files.embedding_dim) != dim:
+            raise ArtifactError(f"the manifest declares {files.embedding_dim}-d embeddings but "
+                                f"{files.recognizer.name} outputs {dim}", code="model_signature_mismatch",
+                                field="tasks.recognition.embedding_dimension", value=files.embedding_dim)
         if dim is None and files.embedding_dim:
             dim = int(files.embedding_dim)
         if dim is None:  # symbolic output width: ask the model once
@@ -605,7 +620,7 @@ class InsightFaceBackend:
         for i, size in enumerate((self.det_size, *self.retry_det_sizes)):
             if min(h, w) * size / max(h, w) < 1:  # SCRFD's letterbox would resize a side to 0 px
                 continue
-            det, kps = self._det.detect(bgr, input_size=(size, size), det_thresh=self.det_thresh)
+            det, kps = self._det.detect(bgr, input_size=(size, size))
             if len(det):
                 return det, kps, {"detect_pass": "first" if i == 0 else f"retry_{size}", "det_size": size}
         if self.retry_pad > 0:
@@ -613,8 +628,7 @@ class InsightFaceBackend:
 
             pad = max(1, int(round(self.retry_pad * max(h, w))))
             padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            det, kps = self._det.detect(padded, input_size=(self.det_size, self.det_size),
-                                        det_thresh=self.det_thresh)
+            det, kps = self._det.detect(padded, input_size=(self.det_size, self.det_size))
             if len(det):
                 det = det.copy()
                 det[:, :4] -= pad

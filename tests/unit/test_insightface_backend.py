@@ -138,6 +138,11 @@ def test_manifest_checksum_mismatch_and_missing_file(tmp_path):
     with pytest.raises(ArtifactError) as err:
         _backend(folder)
     assert err.value.code == "model_checksum_mismatch"
+    manifest["tasks"]["recognition"] = {"file": "w600k_r50.onnx", "embedding_dimension": 128}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as err:
+        _backend(folder)
+    assert err.value.code == "model_signature_mismatch"
     manifest["tasks"]["recognition"] = {"file": "missing.onnx"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelNotFoundError) as err:
@@ -319,6 +324,13 @@ def test_recognizer_with_fixed_batch_one(tmp_path):
     rec = RunCounter(b._rec.session)
     faces = b.analyze_images([load_image(ot.faces_image(640, 640, [(64, 64, 32, 1), (320, 320, 32, 2)]))])[0]
     assert len(faces) == 2 and rec.shapes == [(1, 3, 112, 112)] * 2
+
+
+def test_detection_threshold_is_honoured(pack):
+    img = load_image(ot.faces_image(640, 640, [(64, 64, 32, 1)]))
+    strict = _backend(pack, det_thresh=0.99, retry_det_sizes=(), retry_pad=0.0)
+    assert strict.analyze_images([img]) == [[]]
+    assert len(_backend(pack, det_thresh=0.9).analyze_images([img])[0]) == 1
 
 
 def test_no_face_gives_an_empty_list(backend):
