@@ -60,18 +60,19 @@ class PrepareConfig:
         mask: the mask's shape.
         closeup_min_face_ratio / half_body_min_face_ratio: framing buckets by the face box's
             share of the frame height (for captions and coverage).
-        png_compress_level: zlib level of written PNGs (fixed for identical bytes).
+        png_compress_level: zlib level of written PNGs (fixed for identical bytes). 1: on photos
+            level 6 is 5x slower to encode for files only ~10% smaller.
     """
 
     resolutions: tuple[int, ...] = (512, 768, 1024)
     aspect_ratios: tuple[float, ...] = (1.0, 0.8, 1.25, 0.75, 1.3333, 0.6667, 1.5)
     max_upscale: float = 1.25
     crops: Literal["auto", "closeup", "wide"] = "auto"
-    closeup_context: tuple[float, float] = (2.2, 4.0)
+    closeup_context: tuple[float, float] = (2.2, 3.2)
     closeup_aspect: float = 0.8
     closeup_face_y: float = 0.45
     wide_face_y: float = 0.3
-    wide_min_area_ratio: float = 2.5
+    wide_min_area_ratio: float = 2.0
     max_other_face_overlap: float = 0.2
     crop_jitter: float = 0.03
     caption_dropout: float = 0.05
@@ -81,7 +82,7 @@ class PrepareConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     closeup_min_face_ratio: float = 0.22
     half_body_min_face_ratio: float = 0.09
-    png_compress_level: int = 6
+    png_compress_level: int = 1
 
     def __post_init__(self) -> None:
         bad = [r for r in self.resolutions if r <= 0 or r % 16]

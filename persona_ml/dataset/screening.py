@@ -356,7 +356,9 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
                 c.code, c.reason = exc.code, exc.message
                 continue
             c.sha256, c.size = img.sha256, img.size
-            c.pixel_hash = hashlib.sha256(repr(img.pixels.shape).encode() + img.pixels.tobytes()).hexdigest()
+            h = hashlib.sha256(repr(img.pixels.shape).encode())
+            h.update(memoryview(np.ascontiguousarray(img.pixels)).cast("B"))  # no copy of the pixels
+            c.pixel_hash = h.hexdigest()
             dup = seen_bytes.get(c.sha256) or seen_pixels.get(c.pixel_hash)
             if dup is not None:
                 same = "bytes" if c.sha256 in seen_bytes else "pixels"

@@ -95,7 +95,7 @@ def test_closeup_and_wide_from_a_large_photo_one_crop_from_a_headshot(prepared):
     wide = next(it for it in prepared.items if it.source == "halfbody.jpg" and it.kind == "wide")
     close = next(it for it in prepared.items if it.source == "halfbody.jpg" and it.kind == "closeup")
     area = lambda c: (c[2] - c[0]) * (c[3] - c[1])  # noqa: E731
-    assert area(wide.crop) >= 2.5 * area(close.crop)
+    assert area(wide.crop) >= PrepareConfig().wide_min_area_ratio * area(close.crop)
     assert max(wide.width, wide.height) >= 1024  # large enough for the top bucket
 
 
