@@ -1,0 +1,252 @@
+"""The trainer end to end on tiny-flux, CPU: learning, events, samples, export round trip,
+cache reuse without encoder passes, cancellation, SIGTERM, NaN, rules before model load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from persona_ml.errors import LoraRuleError, TrainingError
+from persona_ml.training import job as jobmod
+from persona_ml.training.config import load_train_config
+from persona_ml.training.flux import FluxBatch, flow_matching_loss, mask_to_packed_weights
+from persona_ml.training.samples import IdentityScorer
+from persona_ml.training.testing import TinyLoader, make_synthetic_dataset
+from persona_ml.training.types import JobStatus
+
+
+class ForwardCounter:
+    """Counts forward passes of the VAE encoder and both text encoders of each loaded pipeline."""
+
+    def __init__(self) -> None:
+        self.counts = {"vae_encoder": 0, "text_encoder": 0, "text_encoder_2": 0}
+
+    def __call__(self, pipe) -> None:
+        for name, module in (("vae_encoder", pipe.vae.encoder), ("text_encoder", pipe.text_encoder),
+                             ("text_encoder_2", pipe.text_encoder_2)):
+            module.register_forward_hook(lambda *_a, _n=name: self.counts.__setitem__(_n, self.counts[_n] + 1))
+
+
+def _dlib_embedder():
+    pytest.importorskip("dlib")
+    from persona_ml.faces.embedder import FaceEmbedder
+
+    return FaceEmbedder("dlib")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """One tiny-flux build per module; every run gets a deep copy."""
+    return TinyLoader()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("prepared"), n=3, size=64)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _cfg(cache_dir, *over):
+    return load_train_config("tiny-cpu", [f"cache.dir={cache_dir}", "steps=8", "checkpoint.every=4",
+                                          "checkpoint.keep_last=2", "samples.every=-1", "samples.steps=2",
+                                          "optimizer.lr=1e-2", *over])
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset, cache_dir, tmp_path_factory, tiny):
+    counter = ForwardCounter()
+    loader = tiny.with_hook(counter)
+    events = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jobmod, "_load_base_model", loader)
+        out = tmp_path_factory.mktemp("run1")
+        result = jobmod.train_lora(_cfg(cache_dir, "samples.every=4"), dataset.root, out, on_event=events.append,
+                                   profile=_Profile(), face_embedder=_dlib_embedder())
+    return result, events, counter, loader
+
+
+def test_loss_falls_when_overfitting_a_fixed_batch(tiny):
+    from peft import LoraConfig
+
+    from persona_ml.training.config import NoiseConfig
+
+    tr = tiny("tiny-flux", dtype=torch.float32, device="cpu").pipeline.transformer
+    tr.requires_grad_(False)
+    torch.manual_seed(0)
+    tr.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in tr.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-2)
+    g = torch.Generator().manual_seed(1)
+    batch = FluxBatch(torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 8, 32, generator=g),
+                      torch.randn(1, 32, generator=g))
+    losses = []
+    for _ in range(30):
+        loss = flow_matching_loss(tr, batch, NoiseConfig(), torch.Generator().manual_seed(5))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0] and losses[-1] < min(losses[:5]), losses
+
+
+def test_face_mask_weights_the_face_tokens_more():
+    mask = torch.zeros(64, 64)
+    mask[:32, :32] = 1.0                                  # face in the top-left quadrant
+    w = mask_to_packed_weights(mask, 8, 8, face_weight=3.0, channels=16)
+    assert w.shape == (1, 16, 64)                          # 4 x 4 packed tokens of 2 x 2 x 16 values
+    grid = w[0].mean(-1).reshape(4, 4)                     # token order is row-major over the 4 x 4 grid
+    assert torch.allclose(grid[:2, :2], torch.full((2, 2), 3.0)) and torch.allclose(grid[2:, 2:], torch.ones(2, 2))
+    assert mask_to_packed_weights(mask, 8, 8, face_weight=1.0, channels=16) is None
+
+
+def test_a_full_run_completes_with_events_checkpoints_and_resolved_config(first_run, cache_dir):
+    result, events, counter, _ = first_run
+    assert result.status is JobStatus.COMPLETED and result.status.api_status == "completed"
+    statuses = [e.status for e in events if e.kind == "status"]
+    assert statuses == [JobStatus.PREPARING, JobStatus.TRAINING, JobStatus.COMPLETED]
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(1, 9)) and all(np.isfinite(e.loss) and e.lr > 0 for e in steps)
+    assert steps[-1].eta_s == 0 and steps[0].eta_s > 0
+    assert load_train_config(result.config_path) == _cfg(cache_dir, "samples.every=4")
+    ckpts = sorted(p.name for p in (result.output_dir / "checkpoints").iterdir())
+    assert ckpts == ["step-000004", "step-000008"]
+    assert {"steps_too_low", "rank_too_low", "base_model_not_allowed"} <= {v["code"] for v in result.rule_violations}
+    saved = json.loads((result.output_dir / "result.json").read_text())
+    assert saved["status"] == "completed" and len(saved["losses"]) == 8
+    assert result.cache["latent_misses"] == 6 and sum(counter.counts.values()) > 0   # cold cache: 3 items x 2 sizes
+
+
+def test_samples_are_rendered_and_scored_honestly_without_faces(first_run):
+    result, events, _, _ = first_run
+    sample_events = [e for e in events if e.kind == "samples"]
+    assert [e.step for e in sample_events] == [4, 8]
+    assert all(os.path.isfile(p) for e in sample_events for p in e.sample_paths)
+    # a random tiny model draws no face: recorded as such, and no checkpoint is called "best"
+    assert [(s.step, s.detection_rate, s.similarity, s.score) for s in result.identity] == [(4, 0.0, None, 0.0),
+                                                                                            (8, 0.0, None, 0.0)]
+    assert result.best_step is None and result.best_lora_path == result.lora_path
+
+
+def test_exported_lora_reproduces_the_trained_pipelines_images(first_run):
+    from persona_ml.models.tiny_flux import build_tiny_flux_pipeline
+
+    result, _, _, _ = first_run  # a fresh build (not a copy of the trained one)
+    trained = np.asarray(Image.open(result.output_dir / "samples" / "step-000008" / "p0_s7.png"), dtype=np.int16)
+    pipe = build_tiny_flux_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = load_train_config(result.config_path)
+
+    def render():
+        return np.asarray(pipe(cfg.samples.prompts[0].replace("{trigger}", "ohwx"), num_inference_steps=cfg.samples.steps,
+                               guidance_scale=cfg.samples.guidance, width=cfg.samples.width, height=cfg.samples.height,
+                               max_sequence_length=cfg.data.max_sequence_length,
+                               generator=torch.Generator().manual_seed(cfg.samples.seeds[0])).images[0], dtype=np.int16)
+
+    base = render()
+    pipe.load_lora_weights(str(result.lora_path.parent))
+    with_lora = render()
+    assert np.abs(base - trained).max() > 3, "training changed nothing visible: the comparison would be vacuous"
+    assert np.abs(with_lora - trained).max() <= 2
+
+
+def test_second_run_hits_the_cache_without_encoder_passes(first_run, dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    counter = ForwardCounter()
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(counter))
+    result = jobmod.train_lora(_cfg(cache_dir, "steps=2"), dataset.root, tmp_path)
+    assert result.status is JobStatus.COMPLETED
+    assert counter.counts == {"vae_encoder": 0, "text_encoder": 0, "text_encoder_2": 0}
+    assert result.cache["latent_hits"] == 6 and result.cache["latent_misses"] == 0 and result.cache["text_misses"] == 0
+
+
+def test_cancel_checkpoints_and_resume_finishes(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    job = jobmod.TrainingJob(_cfg(cache_dir), dataset, tmp_path,
+                             on_event=lambda e: job.cancel() if (e.kind == "step" and e.step == 3) else None)
+    result = job.run()
+    assert result.status is JobStatus.CANCELLED and result.lora_path is None and len(result.losses) == 3
+    assert (tmp_path / "checkpoints" / "step-000003" / "meta.json").is_file()
+    resumed = jobmod.train_lora(_cfg(cache_dir), dataset, tmp_path, resume=True)
+    assert resumed.status is JobStatus.COMPLETED and resumed.resumed_from == 3 and len(resumed.losses) == 8
+    assert resumed.losses[:3] == result.losses
+
+
+def test_sigterm_writes_a_checkpoint_and_ends_cancelled(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    previous = signal.getsignal(signal.SIGTERM)
+    job = jobmod.TrainingJob(_cfg(cache_dir), dataset, tmp_path,
+                             on_event=lambda e: os.kill(os.getpid(), signal.SIGTERM) if (e.kind == "step"
+                                                                                        and e.step == 2) else None)
+    try:
+        job.install_signal_handlers()
+        result = job.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.status is JobStatus.CANCELLED
+    assert (tmp_path / "checkpoints" / "step-000002" / "meta.json").is_file()
+
+
+def test_nan_loss_fails_the_job_with_a_code(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    job = jobmod.TrainingJob(_cfg(cache_dir, "optimizer.lr=1e30", "optimizer.max_grad_norm=0"), dataset, tmp_path)
+    with pytest.raises(TrainingError) as err:
+        job.run()
+    assert err.value.code == "training_nan_loss" and job.status is JobStatus.FAILED
+    assert json.loads((tmp_path / "result.json").read_text())["error"]["code"] == "training_nan_loss"
+
+
+def test_rule_violation_stops_before_any_model_is_loaded(dataset, cache_dir, tmp_path, monkeypatch):
+    loader = TinyLoader()
+    monkeypatch.setattr(jobmod, "_load_base_model", loader)
+    job = jobmod.TrainingJob(_cfg(cache_dir, "rules.mode=enforce"), dataset, tmp_path)
+    with pytest.raises(LoraRuleError) as err:
+        job.run()
+    assert loader.calls == 0 and job.status is JobStatus.FAILED
+    assert {"too_few_images", "steps_too_low", "rank_too_low"} <= set(err.value.details["codes"])
+
+
+class _Obs:
+    def __init__(self, emb, size=50.0):
+        self.embedding = np.asarray(emb, dtype=np.float32)
+        self.face_size = size
+
+
+class _FakeEmbedder:
+    """Finds a 'face' whose embedding is the image's mean colour (unit-normalised)."""
+
+    class thresholds:
+        near_duplicate_min_cosine = 0.999
+
+    def analyze(self, paths):
+        out = []
+        for p in paths:
+            rgb = np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0) + 1e-3
+            out.append([_Obs(rgb / np.linalg.norm(rgb))])
+        return out
+
+
+class _Profile:
+    def similarity(self, obs):
+        return float(obs.embedding[0])
+
+
+def test_identity_score_penalises_near_copies_of_training_photos(dataset, tmp_path):
+    train = [dataset.path(it.image) for it in dataset.items]
+    copy = tmp_path / "copy.png"
+    Image.open(train[0]).save(copy)                         # a memorised training photo
+    novel = tmp_path / "novel.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 40, 40), np.uint8)).save(novel)
+    score = IdentityScorer(_FakeEmbedder(), _Profile(), train).score(5, [copy, novel])
+    assert [s.near_copy for s in score.samples] == [True, False]
+    assert score.detection_rate == 1.0 and score.near_copies == 1
+    assert score.similarity == pytest.approx(score.samples[1].similarity)
+    assert score.score == pytest.approx(score.samples[1].similarity / 2)   # the copy counts 0
