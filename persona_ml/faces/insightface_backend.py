@@ -560,6 +560,16 @@ class InsightFaceBackend:
         except TypeError:  # insightface < 2 has a single dynamic session anyway
             self._det = SCRFD(model_file=str(files.detector), session=det_session)
         self._det.det_thresh = self.det_thresh
+        det_shape = det_session.get_inputs()[0].shape
+        if all(isinstance(d, int) and d > 0 for d in det_shape[2:4]):
+            # an export with a fixed input: SCRFD can only run at that size, so there is nothing
+            # to retry at smaller sizes (padding still helps)
+            self.det_input: tuple[int, int] | None = (int(det_shape[3]), int(det_shape[2]))
+            logger.info("detector %s has a fixed %dx%d input; det_size and retry_det_sizes are not used",
+                        files.detector.name, *self.det_input)
+            self.retry_det_sizes = ()
+        else:
+            self.det_input = None
         self._det.nms_thresh = float(nms_thresh)
         self._rec = ArcFaceONNX(model_file=str(files.recognizer), session=rec_session)
         for model, pre, session in ((self._det, files.det_preprocessing, det_session),
@@ -602,7 +612,8 @@ class InsightFaceBackend:
 
     def options(self) -> dict[str, Any]:
         """The settings that shape detection and embeddings (for reports and benchmarks)."""
-        return {"device": self.device, "det_size": self.det_size, "det_thresh": self.det_thresh,
+        return {"device": self.device, "det_size": list(self.det_input) if self.det_input else self.det_size,
+                "det_thresh": self.det_thresh,
                 "nms_thresh": self._det.nms_thresh, "retry_det_sizes": list(self.retry_det_sizes),
                 "retry_pad": self.retry_pad, "rec_batch_size": self.rec_batch_size,
                 "num_threads": self.num_threads, "layout": self.pack.layout,
@@ -617,23 +628,24 @@ class InsightFaceBackend:
         first pass that finds a face; ``info`` names the pass (``detect_pass``, ``det_size``).
         """
         h, w = bgr.shape[:2]
-        for i, size in enumerate((self.det_size, *self.retry_det_sizes)):
-            if min(h, w) * size / max(h, w) < 1:  # SCRFD's letterbox would resize a side to 0 px
+        first = self.det_input or (self.det_size, self.det_size)
+        for i, size in enumerate((first, *((s, s) for s in self.retry_det_sizes))):
+            if min(h, w) * min(size) / max(h, w) < 1:  # SCRFD's letterbox would resize a side to 0 px
                 continue
-            det, kps = self._det.detect(bgr, input_size=(size, size))
+            det, kps = self._det.detect(bgr, input_size=size)
             if len(det):
-                return det, kps, {"detect_pass": "first" if i == 0 else f"retry_{size}", "det_size": size}
+                return det, kps, {"detect_pass": "first" if i == 0 else f"retry_{size[0]}", "det_size": size[0]}
         if self.retry_pad > 0:
             import cv2
 
             pad = max(1, int(round(self.retry_pad * max(h, w))))
             padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            det, kps = self._det.detect(padded, input_size=(self.det_size, self.det_size))
+            det, kps = self._det.detect(padded, input_size=first)
             if len(det):
                 det = det.copy()
                 det[:, :4] -= pad
                 kps = kps - pad
-                return det, kps, {"detect_pass": "padded", "det_size": self.det_size, "pad": pad}
+                return det, kps, {"detect_pass": "padded", "det_size": first[0], "pad": pad}
         return np.empty((0, 5), np.float32), np.empty((0, 5, 2), np.float32), {"detect_pass": "none"}
 
     # embedding ---------------------------------------------------------------------------

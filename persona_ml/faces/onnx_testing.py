@@ -81,7 +81,8 @@ def _save(model, path: str | os.PathLike) -> Path:
 
 
 def build_detector(*, max_input_side: int | None = None, score_threshold: float = 1.4,
-                   anchors: int = NUM_ANCHORS, with_keypoints: bool = True):
+                   anchors: int = NUM_ANCHORS, with_keypoints: bool = True,
+                   input_size: tuple[int, int] | None = None):
     """An SCRFD-like detector (``onnx.ModelProto``) with the real input/output signature.
 
     Args:
@@ -92,6 +93,7 @@ def build_detector(*, max_input_side: int | None = None, score_threshold: float 
             crosses 0.5.
         anchors: anchors per location (SCRFD: 2).
         with_keypoints: ``False`` drops the keypoint outputs (6 outputs, like SCRFD without kps).
+        input_size: ``(width, height)`` for an export with a fixed input (default: dynamic ``?``).
 
     Returns:
         The ``onnx.ModelProto``.
@@ -157,7 +159,8 @@ def build_detector(*, max_input_side: int | None = None, score_threshold: float 
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 10]) for n in kpss]
     graph = helper.make_graph(
         nodes, "fake_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
+                                       [1, 3, "?", "?"] if input_size is None else [1, 3, input_size[1], input_size[0]])],
         outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
                               producer_name="persona_ml.onnx_testing")

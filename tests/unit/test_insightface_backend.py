@@ -307,9 +307,9 @@ def test_recognition_is_batched_across_faces_and_images(tmp_path):
     # one pass per image with faces; the no-face image costs 640, 480, 320, 160 and the padded pass
     assert det.calls == 3 + 5
 
-    b.rec_batch_size = b._rec_max_batch = 2
-    rec2 = RunCounter(b._rec.session)
-    again = b.analyze_images(imgs)
+    small = _backend(tmp_path / "p", rec_batch_size=2)
+    rec2 = RunCounter(small._rec.session)
+    again = small.analyze_images(imgs)
     assert [s[0] for s in rec2.shapes] == [2, 2, 1]
     for r1, r2 in zip(result, again):
         for f1, f2 in zip(r1, r2):
@@ -324,6 +324,18 @@ def test_recognizer_with_fixed_batch_one(tmp_path):
     rec = RunCounter(b._rec.session)
     faces = b.analyze_images([load_image(ot.faces_image(640, 640, [(64, 64, 32, 1), (320, 320, 32, 2)]))])[0]
     assert len(faces) == 2 and rec.shapes == [(1, 3, 112, 112)] * 2
+
+
+def test_detector_with_a_fixed_input_size(tmp_path):
+    folder = tmp_path / "fixed_det"
+    ot._save(ot.build_detector(input_size=(320, 320)), folder / "scrfd_fixed.onnx")
+    ot._save(ot.build_recognizer(), folder / "rec.onnx")
+    b = _backend(folder)
+    assert b.det_input == (320, 320) and b.retry_det_sizes == ()
+    det = RunCounter(b._det.session)
+    (faces,) = b.analyze_images([load_image(ot.faces_image(640, 640, [(128, 192, 64, 1)]))])
+    assert [s[2:] for s in det.shapes] == [(320, 320)]
+    assert len(faces) == 1 and faces[0].bbox == (128.0, 192.0, 192.0, 256.0)
 
 
 def test_detection_threshold_is_honoured(pack):
