@@ -157,10 +157,10 @@ def build_detector(*, max_input_side: int | None = None, score_threshold: float 
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 1]) for n in scores]
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in boxes]
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 10]) for n in kpss]
+    in_shape = [1, 3, "?", "?"] if input_size is None else [1, 3, int(input_size[1]), int(input_size[0])]
     graph = helper.make_graph(
         nodes, "fake_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT,
-                                       [1, 3, "?", "?"] if input_size is None else [1, 3, input_size[1], input_size[0]])],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, in_shape)],
         outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
                               producer_name="persona_ml.onnx_testing")
