@@ -121,7 +121,6 @@ def main() -> int:
     from persona_ml.images import load_image
 
     photos = pick_photos(faces, args.n)
-    sizes = [load_image(p).size for p in photos[:0]]  # noqa: F841 - keep decode out of setup
     mp = 0.0
     from PIL import Image
 

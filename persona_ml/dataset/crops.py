@@ -195,7 +195,7 @@ def plan_crop(kind: str, face: Sequence[float], size: tuple[int, int], *,
     return None
 
 
-def framing_of(face: Sequence[float], box: Sequence[float], closeup_min: float = 0.22,
+def framing_of(face: Sequence[float], box: Sequence[float], closeup_min: float = 0.28,
                half_body_min: float = 0.09) -> str:
     """``closeup`` / ``half_body`` / ``full_body`` from the face box's share of the frame height."""
     ratio = (float(face[3]) - float(face[1])) / max(1.0, float(box[3]) - float(box[1]))

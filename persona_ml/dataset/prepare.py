@@ -80,7 +80,7 @@ class PrepareConfig:
     face_trait_terms: tuple[str, ...] = DEFAULT_FACE_TRAIT_TERMS
     masks: Literal["ellipse", "none"] = "ellipse"
     mask: MaskConfig = field(default_factory=MaskConfig)
-    closeup_min_face_ratio: float = 0.22
+    closeup_min_face_ratio: float = 0.28
     half_body_min_face_ratio: float = 0.09
     png_compress_level: int = 1
 

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import FaceError, ImageError, InputError, PersonaMLError
+from ..errors import FaceError, InputError, PersonaMLError
 from ..faces.quality import crop_box, exposure_stats, pose_bucket, to_gray
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, LoadedImage, list_images, load_image
@@ -93,7 +93,7 @@ class ScreeningConfig:
     check_mirrored: bool = True
     allow_near_duplicates: bool = False
     similar_face_ratio: float = 0.7
-    closeup_min_face_ratio: float = 0.22
+    closeup_min_face_ratio: float = 0.28
     half_body_min_face_ratio: float = 0.09
     coverage_max_share: float = 0.8
 
@@ -372,6 +372,10 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
         timings["decode"] += t1 - t0
         if faces is not None:
             results = [faces[c.index] for c, _ in loaded]
+            for (c, img), res in zip(loaded, results):
+                if isinstance(res, list) and res and res[0].image_sha256 != img.sha256:
+                    raise InputError(f"faces[{c.index}] were detected on another image than {c.source}",
+                                     field=f"faces[{c.index}]", value=res[0].image_sha256)
         else:
             results = embedder.analyze([img for _, img in loaded]) if loaded else []
         t2 = time.perf_counter()
@@ -414,6 +418,12 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
                          field="images", value=type(images).__name__)
     out = []
     for i, src in enumerate(images):
+        if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
+            # a file object can be read once; keep its bytes so preparation can decode it again
+            label = str(getattr(src, "name", None) or f"image[{i}]")
+            data = src.read()
+            out.append((data, label))
+            continue
         if isinstance(src, (str, os.PathLike)):
             label = str(src)
         elif isinstance(src, LoadedImage):
@@ -597,7 +607,8 @@ def _rules(num_accepted: int, request: Any) -> tuple[tuple, Any]:
     if request is None:
         return check_image_count(num_accepted), None
     if isinstance(request, dict):
-        request = LoraRequest.from_dict({**request, "num_images": num_accepted})
+        given = {k: v for k, v in request.items() if k not in ("num_images", "images")}
+        request = LoraRequest.from_dict({**given, "num_images": num_accepted})
     else:
         request = dataclasses.replace(request, num_images=num_accepted)
     result = check_lora_request(request)

@@ -1,4 +1,5 @@
-"""Dataset screening with the dlib backend on real photos from ../shared/faces.
+"""Dataset screening: with the dlib backend on real photos from ../shared/faces, and with a
+scripted face backend on synthetic photos (runs on a fresh clone without ../shared).
 
 dlib analyses are cached per file content for the whole session (``analyzed``), so each photo is
 detected and embedded once; one test runs the full path (screen_dataset calling the embedder).
@@ -18,7 +19,6 @@ from PIL import Image, ImageEnhance, ImageFilter
 from persona_ml.dataset.screening import ScreeningConfig, screen_dataset
 from persona_ml.errors import ModelMismatchError
 
-pytestmark = pytest.mark.shared_faces
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +89,7 @@ def angelina_case(shared_faces, embedder, analyzed, profile_of, tmp_path_factory
     return paths, profile
 
 
+@pytest.mark.shared_faces
 def test_intruder_rejected_with_identity_code(shared_faces, embedder, analyzed, profile_of):
     p08 = shared_faces / "people" / "deepface_p08"
     own = sorted(p08.glob("img*.jpg"))
@@ -104,6 +105,7 @@ def test_intruder_rejected_with_identity_code(shared_faces, embedder, analyzed, 
     assert min(v.metrics["identity_cosine"] for v in own_verdicts) > verdict.metrics["identity_cosine"] + 0.03
 
 
+@pytest.mark.shared_faces
 def test_every_bad_photo_rejected_with_its_code(angelina_case, embedder, analyzed):
     paths, profile = angelina_case
     report = screen(paths, profile, embedder, analyzed)
@@ -135,6 +137,7 @@ def test_every_bad_photo_rejected_with_its_code(angelina_case, embedder, analyze
     assert report.rule_violations[0].actual == 7
 
 
+@pytest.mark.shared_faces
 def test_report_json_summary_and_coverage(angelina_case, embedder, analyzed):
     paths, profile = angelina_case
     report = screen(paths, profile, embedder, analyzed)
@@ -149,6 +152,7 @@ def test_report_json_summary_and_coverage(angelina_case, embedder, analyzed):
     assert "7 of 18 photos accepted" in text and "[identity_mismatch]" in text and "too_few_images" in text
 
 
+@pytest.mark.shared_faces
 def test_near_duplicate_override_keeps_but_flags(angelina_case, embedder, analyzed):
     paths, profile = angelina_case
     report = screen(paths, profile, embedder, analyzed, allow_near_duplicates=True)
@@ -160,6 +164,7 @@ def test_near_duplicate_override_keeps_but_flags(angelina_case, embedder, analyz
     assert report.by_source("img2_copy.jpg").code == "duplicate"  # exact copies are never kept
 
 
+@pytest.mark.shared_faces
 def test_full_path_from_a_folder(shared_faces, embedder, tmp_path, angelina_case, analyzed):
     """screen_dataset decoding and embedding itself gives the same verdicts as the cached path."""
     _, profile = angelina_case
@@ -185,3 +190,148 @@ def test_profile_from_another_model_is_refused(embedder):
                           image_sha256="a" * 64, image_size=(10, 10), provenance=other)
     with pytest.raises(ModelMismatchError):
         screen_dataset([], FaceProfile.build([obs]), embedder)
+
+
+# --- scripted backend on synthetic photos (no ../shared, no dlib) ----------------------------------
+
+DIM = 8
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def axis(k, scale=1.0):
+    v = np.zeros(DIM, np.float32)
+    v[k] = scale
+    return v
+
+
+CHARACTER = [unit(axis(0) + axis(k, 0.3)) for k in range(1, 8)]  # pairwise ~0.92, centroid ~0.97
+
+
+class ScriptedBackend:
+    """A FaceBackend returning scripted faces per image content (sha256)."""
+
+    name = "dlib"
+
+    def __init__(self):
+        from persona_ml.faces.types import ModelProvenance
+
+        self.provenance = ModelProvenance(backend="dlib", model_name="scripted", files={"w": "0" * 64}, dim=DIM,
+                                          license="test")
+        self.script: dict[str, list[dict]] = {}
+
+    def analyze_images(self, images):
+        from persona_ml.faces.types import FaceObservation
+
+        out = []
+        for img in images:
+            faces = []
+            for f in self.script.get(img.sha256, []):
+                x0, y0, x1, y1 = f["bbox"]
+                faces.append(FaceObservation(
+                    bbox=f["bbox"], landmarks=np.zeros((5, 2), np.float32), det_score=1.0,
+                    face_size=float(min(x1 - x0, y1 - y0)), sharpness=f.get("sharpness", 150.0),
+                    pose=(f.get("yaw", 0.0), 0.0, 0.0), embedding=f["emb"], image_sha256=img.sha256,
+                    image_size=img.size, provenance=self.provenance))
+            out.append(faces)
+        return out
+
+
+def pattern(seed, size=(800, 1000), scale=1.0):
+    rng = np.random.default_rng(seed)
+    low = Image.fromarray((40 + 175 * rng.random((6, 5))).astype(np.uint8)).resize(size, Image.BICUBIC)
+    arr = np.asarray(low, np.float32)[..., None].repeat(3, axis=2) + rng.normal(0, 6, (size[1], size[0], 3))
+    return np.clip(arr * scale, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    from persona_ml.faces.embedder import FaceEmbedder
+    from persona_ml.images import load_image
+
+    d = tmp_path_factory.mktemp("scripted")
+    backend = ScriptedBackend()
+    face = (250.0, 200.0, 550.0, 560.0)
+    files = {}
+
+    def add(name, arr, faces):
+        path = d / name
+        Image.fromarray(arr).save(path, **({"quality": 95} if name.endswith(".jpg") else {}))
+        backend.script[load_image(path).sha256] = faces
+        files[name] = path
+
+    for i in range(4):
+        add(f"own{i}.jpg", pattern(i), [{"bbox": face, "emb": CHARACTER[i], "yaw": 30.0 * (i == 3)}])
+    shutil.copy(files["own0.jpg"], d / "own0_copy.jpg")
+    files["own0_copy.jpg"] = d / "own0_copy.jpg"
+    Image.open(files["own1.jpg"]).save(d / "own1_resaved.png")
+    files["own1_resaved.png"] = d / "own1_resaved.png"
+    mirrored = np.ascontiguousarray(np.asarray(Image.open(files["own2.jpg"]))[:, ::-1])
+    add("own2_mirror.png", mirrored, [{"bbox": (250.0, 200.0, 550.0, 560.0), "emb": unit(CHARACTER[2] + axis(7, 0.02))}])
+    add("stranger.jpg", pattern(10), [{"bbox": face, "emb": unit(axis(5) + axis(6))}])
+    add("group.jpg", pattern(11), [{"bbox": face, "emb": CHARACTER[4]},
+                                   {"bbox": (560.0, 220.0, 840.0, 560.0), "emb": unit(axis(6))}])
+    add("background.jpg", pattern(12), [{"bbox": face, "emb": CHARACTER[5]},
+                                        {"bbox": (650.0, 100.0, 700.0, 150.0), "emb": unit(axis(6))}])
+    add("empty.jpg", pattern(13), [])
+    add("small_face.jpg", pattern(14), [{"bbox": (300.0, 300.0, 330.0, 332.0), "emb": CHARACTER[6]}])
+    add("soft.jpg", pattern(15), [{"bbox": face, "emb": CHARACTER[6], "sharpness": 5.0}])
+    add("dark.jpg", pattern(16, scale=0.08), [{"bbox": face, "emb": CHARACTER[6]}])
+    profile_faces = FaceEmbedder(backend).analyze([files[f"own{i}.jpg"] for i in range(3)])
+    from persona_ml.faces.profile import FaceProfile
+
+    profile = FaceProfile.build([f[0] for f in profile_faces])
+    return FaceEmbedder(backend), profile, files
+
+
+def test_scripted_screening_codes(scripted):
+    embedder, profile, files = scripted
+    report = screen_dataset(list(files.values()), profile, embedder, request={"plan": "free"})
+    codes = {Path(s.source).name: s.code for s in report.images}
+    assert codes == {
+        "own0.jpg": None, "own1.jpg": None, "own2.jpg": None, "own3.jpg": None, "background.jpg": None,
+        "own0_copy.jpg": "duplicate", "own1_resaved.png": "duplicate", "own2_mirror.png": "near_duplicate",
+        "stranger.jpg": "identity_mismatch", "group.jpg": "multiple_faces", "empty.jpg": "no_face",
+        "small_face.jpg": "face_too_small", "soft.jpg": "blurry", "dark.jpg": "underexposed",
+    }
+    mirror = report.by_source("own2_mirror.png")
+    assert mirror.metrics["near_duplicate"]["mirrored"] and mirror.duplicate_of.endswith("own2.jpg")
+    bg = report.by_source("background.jpg")
+    assert [w["code"] for w in bg.warnings] == ["background_faces"] and len(bg.other_faces) == 1
+    assert report.coverage.pose == {"frontal": 4, "three_quarter": 1, "profile": 0}
+    assert [v.code for v in report.rule_violations] == ["plan_not_allowed", "too_few_images"]
+    assert report.rules.request.num_images == 5
+
+
+def test_scripted_report_feeds_preparation(scripted, tmp_path):
+    from persona_ml.dataset.manifest import load_prepared
+    from persona_ml.dataset.prepare import prepare_dataset
+
+    embedder, profile, files = scripted
+    report = screen_dataset(list(files.values()), profile, embedder)
+    result = prepare_dataset(report, tmp_path / "prep", trigger="ohwx")
+    ds = load_prepared(tmp_path / "prep")
+    assert sorted({it.source for it in ds.items}) == ["background.jpg", "own0.jpg", "own1.jpg", "own2.jpg",
+                                                      "own3.jpg"]
+    assert ds.info.profile_fingerprint == profile.fingerprint
+    bg = next(it for it in ds.items if it.source == "background.jpg")
+    other = report.by_source("background.jpg").other_faces[0]
+    ix = max(0.0, min(bg.crop[2], other[2]) - max(bg.crop[0], other[0]))
+    iy = max(0.0, min(bg.crop[3], other[3]) - max(bg.crop[1], other[1]))
+    assert ix * iy <= 0.2 * (other[2] - other[0]) * (other[3] - other[1])  # the other face stays out
+    assert result.info.num_source_images == 5
+
+
+def test_scripted_file_objects_and_mismatched_faces(scripted):
+    embedder, profile, files = scripted
+    with open(files["own0.jpg"], "rb") as fh:
+        report = screen_dataset([fh], profile, embedder)
+    assert report.images[0].accepted and isinstance(report.images[0].input, bytes)
+    from persona_ml.errors import InputError
+
+    wrong = embedder.analyze([files["own1.jpg"]])
+    with pytest.raises(InputError):
+        screen_dataset([files["own0.jpg"]], profile, embedder, faces=wrong)
