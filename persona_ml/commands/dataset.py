@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--allow-near-duplicates", action="store_true",
                    help="keep near-duplicate photos (still flagged in the report)")
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="screening/prepare settings (sections `screening:` and `prepare:`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. prepare.max_upscale=1.5 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crop jitter (default 0)")
     p.add_argument("--max-upscale", type=float, default=None, help="most a crop may be enlarged (default 1.25)")
     p.add_argument("--caption-dropout", type=float, default=None, help="recorded for the trainer (default 0.05)")
@@ -39,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import EXIT_OK, EXIT_RULES
-    from ..dataset.prepare import PrepareConfig, check_trigger, prepare_dataset
-    from ..dataset.screening import ScreeningConfig, screen_dataset
+    from ..dataset.prepare import check_out_dir, check_trigger, prepare_dataset
+    from ..dataset.screening import screen_dataset
+    from ..dataset.settings import load_dataset_config
     from ..errors import InputError
     from ..faces.api import load_profile
     from ..faces.embedder import FaceEmbedder
@@ -52,21 +57,22 @@ def run(args: argparse.Namespace) -> int:
     if args.plan is None and (args.steps is not None or args.rank is not None):
         raise InputError("--steps and --rank need --plan", field="plan", value=None)
     check_trigger(args.trigger)  # before any face work
+    check_out_dir(Path(args.out))
+    overrides = list(args.set)
+    if args.allow_near_duplicates:
+        overrides.append("screening.allow_near_duplicates=true")
+    if args.max_upscale is not None:
+        overrides.append(f"prepare.max_upscale={args.max_upscale}")
+    if args.caption_dropout is not None:
+        overrides.append(f"prepare.caption_dropout={args.caption_dropout}")
+    settings = load_dataset_config(args.config, overrides)
     profile = load_profile(args.profile)
     embedder = FaceEmbedder(args.backend, model_dir=args.model_dir, device=args.device)
     request = None
     if args.plan is not None:
         request = LoraRequest(plan=args.plan, num_images=0, training_steps=args.steps, lora_rank=args.rank)
-    report = screen_dataset(folder, profile, embedder,
-                            config=ScreeningConfig(allow_near_duplicates=args.allow_near_duplicates),
-                            request=request)
-    overrides = {}
-    if args.max_upscale is not None:
-        overrides["max_upscale"] = args.max_upscale
-    if args.caption_dropout is not None:
-        overrides["caption_dropout"] = args.caption_dropout
-    result = prepare_dataset(report, args.out, trigger=args.trigger, config=PrepareConfig(**overrides),
-                             seed=args.seed)
+    report = screen_dataset(folder, profile, embedder, config=settings.screening, request=request)
+    result = prepare_dataset(report, args.out, trigger=args.trigger, config=settings.prepare, seed=args.seed)
     ok = report.ok and result.ok
     if args.json:
         out = report.to_dict()

@@ -203,7 +203,7 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
     profile_fingerprint = profile_fingerprint or profile_fp
     captioner = captioner or SidecarCaptioner(fallback=_template(cfg))
     out = Path(out_dir)
-    _check_out_dir(out)
+    check_out_dir(out)
 
     issues: list[PrepareIssue] = []
     rendered: list[tuple[PreparedItem, bytes, bytes | None, str]] = []
@@ -379,7 +379,8 @@ def check_trigger(trigger: Any) -> str:
     return trigger.strip()
 
 
-def _check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path) -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not a prepared dataset."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder", field="out_dir", value=str(out))
     if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").is_file():

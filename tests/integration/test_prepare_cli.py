@@ -112,7 +112,7 @@ def test_prepare_without_override_violates_rules(case, capsys):
     assert "prepared " in text
 
 
-@pytest.mark.parametrize("what", ["no_folder", "no_profile", "bad_trigger"])
+@pytest.mark.parametrize("what", ["no_folder", "no_profile", "bad_trigger", "bad_setting", "busy_out"])
 def test_prepare_bad_input_exit_2(case, what, capsys):
     root, photos, profile = case
     argv = ["prepare", str(photos), "--profile", str(profile), "--out", str(root / "out_e"), "--trigger", "ohwx"]
@@ -120,7 +120,12 @@ def test_prepare_bad_input_exit_2(case, what, capsys):
         argv[1] = str(root / "missing")
     elif what == "no_profile":
         argv[3] = str(root / "nobody")
-    else:
+    elif what == "bad_trigger":
         argv[-1] = "a,b"
+    elif what == "bad_setting":
+        argv += ["--set", "prepare.max_upscle=2"]
+    else:
+        (root / "out_e").mkdir(exist_ok=True)
+        (root / "out_e" / "keep.txt").write_text("not a dataset")
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err

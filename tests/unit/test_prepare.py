@@ -13,7 +13,7 @@ from persona_ml.dataset.crops import contains, make_buckets
 from persona_ml.dataset.manifest import load_prepared
 from persona_ml.dataset.masks import face_mask
 from persona_ml.dataset.prepare import PrepareConfig, PrepareInput, plan_crops, prepare_dataset
-from persona_ml.errors import InputError
+from persona_ml.errors import ConfigError, InputError
 from persona_ml.faces.types import FaceObservation, ModelProvenance
 from persona_ml.images import load_image
 
@@ -202,3 +202,21 @@ def test_refuses_bad_trigger_and_unrelated_out_dir(photos, tmp_path):
     with pytest.raises(InputError) as exc:
         prepare_dataset(photos[:1], busy, trigger="ohwx")
     assert exc.value.code == "out_dir_not_empty" and (busy / "notes.txt").exists()
+
+
+def test_dataset_settings_yaml_is_strict(tmp_path):
+    from persona_ml.dataset.settings import load_dataset_config
+
+    path = tmp_path / "dataset.yaml"
+    path.write_text("screening:\n  allow_near_duplicates: true\nprepare:\n  max_upscale: 1.5\n"
+                    "  resolutions: [512, 1024]\n  mask: {feather: 0.3}\n")
+    cfg = load_dataset_config(path, ["prepare.caption_dropout=0.1"])
+    assert cfg.screening.allow_near_duplicates and cfg.prepare.max_upscale == 1.5
+    assert cfg.prepare.resolutions == (512, 1024) and cfg.prepare.mask.feather == 0.3
+    assert cfg.prepare.caption_dropout == 0.1
+    path.write_text("prepare:\n  max_upscle: 1.5\n")
+    with pytest.raises(ConfigError) as exc:
+        load_dataset_config(path)
+    assert "prepare.max_upscle" in str(exc.value)
+    with pytest.raises(ConfigError):
+        load_dataset_config({"prepare": {"resolutions": [500]}})  # not a multiple of 16
