@@ -21,7 +21,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from .._atomic import atomic_dir, atomic_write_bytes, atomic_write_text
-from ..errors import InputError
+from ..errors import InputError, PersonaMLError
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, load_image
 from .captions import DEFAULT_FACE_TRAIT_TERMS, CaptionItem, Captioner, SidecarCaptioner, build_caption
@@ -206,54 +206,54 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
     check_out_dir(out)
 
     issues: list[PrepareIssue] = []
-    rendered: list[tuple[PreparedItem, bytes, bytes | None, str]] = []
+    items: list[PreparedItem] = []
     seen: set[str] = set()
     contributing: set[str] = set()
-    for inp in inputs:
-        label = inp.name or (str(inp.image) if isinstance(inp.image, (str, os.PathLike)) else "<image>")
-        try:
-            img = load_image(inp.image, limits, name=label)
-        except Exception as exc:  # an ImageError from a file changed since screening
-            issues.append(PrepareIssue(label, None, getattr(exc, "code", "image_unreadable"), str(exc)))
-            continue
-        if img.sha256 in seen:
-            issues.append(PrepareIssue(label, None, "duplicate_source", f"{label}: same bytes as an earlier photo"))
-            continue
-        if inp.face.image_sha256 and inp.face.image_sha256 != img.sha256:
-            issues.append(PrepareIssue(label, None, "face_image_mismatch",
-                                       f"{label}: the face observation was made on another image "
-                                       f"({inp.face.image_sha256[:12]} != {img.sha256[:12]})"))
-            continue
-        seen.add(img.sha256)
-        plans, plan_issues = plan_crops(inp.face.bbox, img.size, cfg, seed=seed, key=img.sha256,
-                                        other_faces=inp.other_faces, label=label)
-        issues.extend(plan_issues)
-        for plan in plans:
-            rendered.append(_render(img.pixels, img.sha256, label, inp.face, plan, trigger, cfg, captioner))
-            contributing.add(img.sha256)
-
-    items = [r[0] for r in rendered]
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):  # cannot happen with sha-based ids; guards the manifest contract
-        raise InputError("duplicate prepared item ids", field="items", value=ids)
-    info = PreparedDatasetInfo(
-        format_version=MANIFEST_FORMAT_VERSION, trigger=trigger, caption_dropout=float(cfg.caption_dropout),
-        resolutions=tuple(int(r) for r in cfg.resolutions), dataset_hash=dataset_hash(items),
-        profile_fingerprint=profile_fingerprint, num_items=len(items), num_source_images=len(contributing),
-        extra={"seed": int(seed), "max_upscale": float(cfg.max_upscale),
-               "aspect_ratios": [float(a) for a in cfg.aspect_ratios], "crops": cfg.crops,
-               "captioner": getattr(captioner, "name", type(captioner).__name__), "masks": cfg.masks,
-               "buckets": _bucket_counts(items),
-               "issues": [dict(i.to_dict(), source=Path(i.source).name) for i in issues], **report_extra})
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         if cfg.masks != "none":
             (tmp / "masks").mkdir()
-        for item, png, mask_png, caption in rendered:
-            atomic_write_bytes(tmp / item.image, png)
-            atomic_write_text(tmp / Path(item.image).with_suffix(".txt"), caption + "\n")
-            if mask_png is not None and item.mask:
-                atomic_write_bytes(tmp / item.mask, mask_png)
+        for inp in inputs:
+            label = inp.name or (str(inp.image) if isinstance(inp.image, (str, os.PathLike)) else "<image>")
+            try:
+                img = load_image(inp.image, limits, name=label)
+            except PersonaMLError as exc:  # e.g. a file changed or removed since screening
+                issues.append(PrepareIssue(label, None, exc.code, str(exc)))
+                continue
+            if img.sha256 in seen:
+                issues.append(PrepareIssue(label, None, "duplicate_source", f"{label}: same bytes as an earlier photo"))
+                continue
+            if inp.face.image_sha256 and inp.face.image_sha256 != img.sha256:
+                issues.append(PrepareIssue(label, None, "face_image_mismatch",
+                                           f"{label}: the face observation was made on another image "
+                                           f"({inp.face.image_sha256[:12]} != {img.sha256[:12]})"))
+                continue
+            seen.add(img.sha256)
+            plans, plan_issues = plan_crops(inp.face.bbox, img.size, cfg, seed=seed, key=img.sha256,
+                                            other_faces=inp.other_faces, label=label)
+            issues.extend(plan_issues)
+            for plan in plans:
+                item, png, mask_png, caption = _render(img.pixels, img.sha256, label, inp.face, plan, trigger, cfg,
+                                                       captioner)
+                atomic_write_bytes(tmp / item.image, png)
+                atomic_write_text(tmp / Path(item.image).with_suffix(".txt"), caption + "\n")
+                if mask_png is not None and item.mask:
+                    atomic_write_bytes(tmp / item.mask, mask_png)
+                items.append(item)
+                contributing.add(img.sha256)
+            del img  # one decoded photo in memory at a time
+        ids = [it.id for it in items]
+        if len(set(ids)) != len(ids):  # cannot happen with sha-based ids; guards the manifest contract
+            raise InputError("duplicate prepared item ids", field="items", value=ids)
+        info = PreparedDatasetInfo(
+            format_version=MANIFEST_FORMAT_VERSION, trigger=trigger, caption_dropout=float(cfg.caption_dropout),
+            resolutions=tuple(int(r) for r in cfg.resolutions), dataset_hash=dataset_hash(items),
+            profile_fingerprint=profile_fingerprint, num_items=len(items), num_source_images=len(contributing),
+            extra={"seed": int(seed), "max_upscale": float(cfg.max_upscale),
+                   "aspect_ratios": [float(a) for a in cfg.aspect_ratios], "crops": cfg.crops,
+                   "captioner": getattr(captioner, "name", type(captioner).__name__), "masks": cfg.masks,
+                   "buckets": _bucket_counts(items),
+                   "issues": [dict(i.to_dict(), source=Path(i.source).name) for i in issues], **report_extra})
         write_manifest(tmp, info, items)
     from ..rules import check_image_count
 
