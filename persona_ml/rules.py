@@ -283,7 +283,7 @@ def check_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRule
     elif n < lim.min:
         violations.append(RuleViolation(
             "too_few_images", "num_images", lim.min, n,
-            f"{n} training image(s) accepted; at least {lim.min} are needed: add {lim.min - n} more "
+            f"{n} training image(s); at least {lim.min} are needed: add {lim.min - n} more "
             "distinct photo(s) of the character"))
     elif n > lim.max:
         violations.append(RuleViolation(

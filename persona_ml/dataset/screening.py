@@ -288,7 +288,6 @@ class _Candidate:
     pixel_hash: str | None = None
     size: tuple[int, int] | None = None
     error: PersonaMLError | None = None
-    faces: list[FaceObservation] | None = None
     face: FaceObservation | None = None
     others: tuple = ()
     metrics: dict = field(default_factory=dict)
@@ -544,8 +543,10 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
     for members in clusters.values():
         if len(members) < 2:
             continue
-        # keep the largest, then sharpest face; ties go to the earlier photo
-        keep = max(members, key=lambda c: (round(c.face.face_size), round(c.face.sharpness), -c.index))
+        # keep the largest face (within 8 px: detector jitter), then the larger photo (more scene for
+        # a wide crop), then the sharper one; ties go to the earlier photo
+        keep = max(members, key=lambda c: (round(c.face.face_size / 8.0), c.size[0] * c.size[1],
+                                           round(c.face.sharpness), -c.index))
         for c in members:
             if c is keep:
                 continue
@@ -553,7 +554,7 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
             ev = evidence.get(key) or next(v for k, v in evidence.items() if c.index in k)
             how = "a mirrored copy" if ev["mirrored"] else "a near-copy"
             message = (f"{how} of {Path(keep.source).name} (hash distance {min(ev['phash_distance'], ev['mirrored_phash_distance'])}"
-                       f"/64, face similarity {ev['cosine']:.3f}); the larger photo is kept")
+                       f"/64, face similarity {ev['cosine']:.3f}); the better photo is kept")
             c.metrics["near_duplicate"] = ev
             c.duplicate_of = keep.source
             if cfg.allow_near_duplicates:
