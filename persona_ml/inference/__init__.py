@@ -1,0 +1,41 @@
+"""Character generation: one base pipeline, a validated per-character LoRA cache, identity scoring.
+
+Public names resolve lazily so ``import persona_ml.inference`` loads neither torch nor diffusers.
+
+Example:
+    >>> from persona_ml.inference import CharacterGenerator, Character, GenerationRequest   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "CharacterGenerator": "persona_ml.inference.generator",
+    "IPAdapterSpec": "persona_ml.inference.generator",
+    "SLOT_ADAPTER": "persona_ml.inference.generator",
+    "Character": "persona_ml.inference.types",
+    "GenerationRequest": "persona_ml.inference.types",
+    "GeneratedImage": "persona_ml.inference.types",
+    "GenerationResult": "persona_ml.inference.types",
+    "IdentityCheck": "persona_ml.inference.types",
+    "CacheStats": "persona_ml.inference.types",
+    "TIERS": "persona_ml.inference.types",
+    "ValidatedLora": "persona_ml.inference.lora_validation",
+    "validate_lora": "persona_ml.inference.lora_validation",
+    "linear_modules": "persona_ml.inference.lora_validation",
+    "score_faces": "persona_ml.inference.identity",
+    "score_images": "persona_ml.inference.identity",
+    "rank_best_of": "persona_ml.inference.identity",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'persona_ml.inference' has no attribute {name!r}")

@@ -1,0 +1,367 @@
+"""Check a LoRA file against the loaded base model before it is used, and bring it to one form.
+
+Every LoRA a worker is asked to use goes through ``validate_lora`` first. It refuses, with a
+coded ``LoraValidationError``:
+
+- ``lora_file_invalid``: missing, empty, not a safetensors file, or unreadable tensors;
+- ``lora_format_unknown``: keys in no format diffusers can convert (diffusers/PEFT, kohya or
+  ComfyUI), or a file diffusers' converter rejects;
+- ``lora_base_unknown``: no base-model fingerprint in the metadata (unless allowed);
+- ``lora_base_mismatch``: trained on another base model (fingerprint from the metadata);
+- ``lora_rank_too_large``: a rank above the generator's fixed maximum;
+- ``lora_unused_keys``: keys that map to no module of this transformer, text-encoder LoRAs and
+  other extras: each would be silently ignored by a plain ``load_lora_weights``;
+- ``lora_shape_mismatch``: a module exists but the LoRA's shapes do not fit it.
+
+Conversion of kohya (``lora_unet_...lora_down``) and ComfyUI (``diffusion_model....``) keys is
+diffusers' own (``FluxPipeline.lora_state_dict``). The result is a *canonical* PEFT state dict:
+``<module>.lora_A.weight`` / ``lora_B.weight`` with each module's scaling (alpha / rank, as
+diffusers would compute it) folded into ``lora_B`` and every module zero-padded to the file's
+largest rank, so that loading it with ``lora_alpha == r`` gives the same outputs as loading the
+file with diffusers, and any two canonical LoRAs can be hot-swapped into one adapter slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .._atomic import sha256_file
+from ..errors import LoraValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ValidatedLora", "linear_modules", "read_safetensors_metadata", "validate_lora", "lora_file_fingerprint"]
+
+# Metadata keys that may carry the base-model fingerprint / name (ours first, then common ones).
+_FINGERPRINT_KEYS = ("persona_ml.base_model_fingerprint", "base_model_fingerprint", "persona_ml.base_model_hash",
+                     "base_model_hash", "ss_base_model_hash")
+_BASE_NAME_KEYS = ("persona_ml.base_model", "base_model", "base_model_name", "ss_base_model_version")
+_MAX_HEADER_BYTES = 100 << 20
+
+
+@dataclass(frozen=True)
+class ValidatedLora:
+    """A LoRA that passed every check, in canonical form (see the module docstring).
+
+    Attributes:
+        path: the file.
+        sha256: its content hash.
+        format: ``"diffusers"``, ``"kohya"`` or ``"comfyui"`` (the keys as found on disk).
+        rank: the largest module rank (every canonical module is padded to it).
+        target_modules: transformer module paths the LoRA changes, sorted.
+        base_model: base-model name from the metadata (``None`` when absent).
+        base_fingerprint: base-model fingerprint from the metadata (``None`` when absent).
+        metadata: the safetensors header metadata (strings).
+        state_dict: canonical tensors ``<module>.lora_A.weight`` ``(rank, in)`` and
+            ``<module>.lora_B.weight`` ``(out, rank)``, scaling folded into B, on CPU.
+        nbytes: bytes held by ``state_dict``.
+    """
+
+    path: Path
+    sha256: str
+    format: str
+    rank: int
+    target_modules: tuple[str, ...]
+    base_model: str | None
+    base_fingerprint: str | None
+    metadata: Mapping[str, str] = field(repr=False)
+    state_dict: Mapping[str, "torch.Tensor"] = field(repr=False)
+    nbytes: int = 0
+
+    def peft_metadata(self) -> dict[str, Any]:
+        """The LoraConfig kwargs that load ``state_dict`` with scaling 1 on every module."""
+        return {"r": self.rank, "lora_alpha": self.rank, "target_modules": list(self.target_modules),
+                "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "lora_bias": False,
+                "use_rslora": False, "lora_dropout": 0.0}
+
+
+def linear_modules(transformer: Any) -> dict[str, tuple[int, int]]:
+    """``{module path: (in_features, out_features)}`` of the transformer's ``nn.Linear`` layers.
+
+    Modules wrapped by PEFT are reported under their original path (``.base_layer`` dropped);
+    IP-Adapter projections (``encoder_hid_proj``) are left out: they are not base weights.
+    """
+    import torch.nn as nn
+
+    out: dict[str, tuple[int, int]] = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, nn.Linear) or name.startswith("encoder_hid_proj"):
+            continue
+        parts = name.split(".")
+        if "lora_A" in parts or "lora_B" in parts or "lora_embedding_A" in parts:
+            continue
+        if parts[-1] == "base_layer":
+            name = ".".join(parts[:-1])
+        out[name] = (module.in_features, module.out_features)
+    return out
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """Keys and header metadata of a safetensors file, reading only its header.
+
+    Raises:
+        LoraValidationError: ``lora_file_invalid`` when the file is missing, empty or not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoraValidationError(f"LoRA file not found: {path}", code="lora_file_invalid", field="path",
+                                  value=str(path), reason="not_found")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 1 or n > min(_MAX_HEADER_BYTES, size - 8):
+            raise LoraValidationError(f"{path.name} is not a safetensors file (header length {n}, file {size} bytes)",
+                                      code="lora_file_invalid", field="path", value=str(path), reason="not_safetensors")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError as exc:
+            raise LoraValidationError(f"{path.name}: the safetensors header is not JSON ({exc})",
+                                      code="lora_file_invalid", field="path", value=str(path),
+                                      reason="bad_header") from None
+    if not isinstance(header, dict):
+        raise LoraValidationError(f"{path.name}: the safetensors header is not an object", code="lora_file_invalid",
+                                  field="path", value=str(path), reason="bad_header")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    return sorted(header), {str(k): str(v) for k, v in meta.items()}
+
+
+def lora_file_fingerprint(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``(base model name, base fingerprint)`` recorded in a LoRA's header metadata, if any.
+
+    Reads our own exporter's metadata (``persona_ml.training.export.read_lora_metadata``'s
+    fields) and falls back on common key names.
+    """
+    name = next((metadata[k] for k in _BASE_NAME_KEYS if metadata.get(k)), None)
+    fp = next((metadata[k] for k in _FINGERPRINT_KEYS if metadata.get(k)), None)
+    for blob_key in ("persona_ml", "persona_ml.metadata", "persona_ml_metadata"):
+        blob = metadata.get(blob_key)
+        if not blob:
+            continue
+        try:
+            data = json.loads(blob)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            name = name or data.get("base_model") or data.get("base_model_name")
+            fp = fp or data.get("base_model_fingerprint") or data.get("base_model_hash")
+    return name, fp
+
+
+def _detect_format(keys: list[str]) -> str:
+    if any(k.startswith("lora_unet_") or k.startswith("lora_te") for k in keys) and any(
+            k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys):
+        return "kohya"
+    if any(k.startswith("diffusion_model.") for k in keys):
+        return "comfyui"
+    if any(k.startswith(("transformer.", "text_encoder.")) and (".lora_A." in k or ".lora_B." in k
+                                                                 or ".lora.down." in k or ".lora.up." in k)
+           for k in keys):
+        return "diffusers"
+    raise LoraValidationError(
+        "the LoRA's keys match no known format (diffusers/PEFT 'transformer.<module>.lora_A.weight', kohya "
+        "'lora_unet_<module>.lora_down.weight', ComfyUI 'diffusion_model.<module>.lora_A.weight')",
+        code="lora_format_unknown", field="keys", value=keys[:5])
+
+
+def validate_lora(
+    path: str | os.PathLike,
+    modules: Mapping[str, tuple[int, int]],
+    *,
+    base_fingerprint: str | None,
+    max_rank: int,
+    require_base_fingerprint: bool = True,
+    dtype: "torch.dtype | None" = None,
+) -> ValidatedLora:
+    """Validate a LoRA file for this base model and return it in canonical form.
+
+    Args:
+        path: the ``.safetensors`` file (diffusers, kohya or ComfyUI keys).
+        modules: ``linear_modules(transformer)`` of the base transformer.
+        base_fingerprint: the loaded base model's fingerprint; ``None`` skips the comparison.
+        max_rank: the largest rank the generator accepts (its hotswap slot size).
+        require_base_fingerprint: refuse files whose metadata names no base fingerprint
+            (third-party LoRAs); ``False`` accepts them after a warning.
+        dtype: dtype of the canonical tensors (the transformer's); float32 by default.
+
+    Returns:
+        ValidatedLora.
+
+    Raises:
+        LoraValidationError: with one of the codes listed in the module docstring.
+    """
+    import torch
+
+    path = Path(path)
+    keys, metadata = read_safetensors_metadata(path)
+    if not keys:
+        raise LoraValidationError(f"{path.name} holds no tensors", code="lora_file_invalid", field="path",
+                                  value=str(path), reason="empty")
+    fmt = _detect_format(keys)
+    base_name, fp = lora_file_fingerprint(metadata)
+    if fp is None:
+        if require_base_fingerprint and base_fingerprint is not None:
+            raise LoraValidationError(
+                f"{path.name} records no base-model fingerprint, so it cannot be checked against this base model; "
+                "re-export it with persona_ml or allow unverified LoRAs explicitly",
+                code="lora_base_unknown", field="metadata", value=sorted(metadata)[:10])
+        log.warning("%s records no base-model fingerprint; using it unverified", path.name)
+    elif base_fingerprint is not None and fp != base_fingerprint:
+        raise LoraValidationError(
+            f"{path.name} was trained on base model {base_name or '?'} ({fp}) but this generator runs "
+            f"{base_fingerprint}", code="lora_base_mismatch", field="base_model_fingerprint", value=fp,
+            expected=base_fingerprint, base_model=base_name)
+
+    from diffusers import FluxPipeline
+
+    try:
+        if fmt == "diffusers":
+            source: Any = str(path)
+            original_modules: set[str] = set()
+        else:
+            from safetensors.torch import load_file
+
+            # ComfyUI also writes lora_A/lora_B under diffusion_model.: the kohya converter takes them renamed.
+            source = {k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
+                      for k, v in load_file(str(path)).items()}
+            original_modules = {_kohya_module(k) for k in source}
+        state_dict, alphas, diff_meta = FluxPipeline.lora_state_dict(
+            source, return_alphas=True, return_lora_metadata=True, local_files_only=True)
+    except LoraValidationError:
+        raise
+    except Exception as exc:  # safetensors and diffusers' converters raise many types
+        text = f"{type(exc).__name__}: {exc}"
+        code = "lora_file_invalid" if "safetensors" in text.lower() or "header" in text.lower() else \
+            "lora_format_unknown"
+        raise LoraValidationError(f"{path.name} could not be read as a {fmt} LoRA: {text[:400]}", code=code,
+                                  field="path", value=str(path), format=fmt) from None
+    if original_modules:
+        _check_kohya_coverage(path, original_modules, state_dict)
+    return _canonicalise(path, fmt, state_dict, alphas or {}, diff_meta, metadata, modules, base_name, fp,
+                         max_rank, dtype or torch.float32)
+
+
+def _kohya_module(key: str) -> str:
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale"):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            break
+    if key.startswith("diffusion_model."):
+        key = "lora_unet_" + key[len("diffusion_model."):]
+    return key.replace(".", "_")
+
+
+def _check_kohya_coverage(path: Path, original: set[str], converted: Mapping[str, Any]) -> None:
+    """diffusers' kohya converter drops some keys with only a log line; refuse such files."""
+    from ..training.lora_formats import kohya_name
+
+    covered = set()
+    for k in converted:
+        if k.startswith("transformer.") and k.endswith(".lora_A.weight"):
+            try:
+                covered.add(kohya_name(k[len("transformer."):-len(".lora_A.weight")])[0])
+            except Exception:  # a module with no kohya name cannot come from a kohya key
+                continue
+    lost = sorted(original - covered)
+    if lost:
+        raise LoraValidationError(
+            f"{path.name}: {len(lost)} kohya module(s) were not converted and would be silently ignored: "
+            f"{', '.join(lost[:6])}{' ...' if len(lost) > 6 else ''}",
+            code="lora_unused_keys", field="keys", value=lost[:20], count=len(lost))
+
+
+def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, base_name, fp, max_rank, dtype):
+    import torch
+    from diffusers.utils.peft_utils import _create_lora_config
+    from peft.utils.other import get_pattern_key
+
+    unused = sorted(k for k in state_dict if not k.startswith("transformer."))
+    sd: dict[str, Any] = {}
+    for k, v in state_dict.items():
+        if not k.startswith("transformer."):
+            continue
+        k = k[len("transformer."):]
+        k = k.replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight")
+        sd[k] = v
+    by_module: dict[str, dict[str, Any]] = {}
+    for k, v in sd.items():
+        for part in ("lora_A", "lora_B"):
+            suffix = f".{part}.weight"
+            if k.endswith(suffix):
+                by_module.setdefault(k[: -len(suffix)], {})[part] = v
+                break
+        else:
+            unused.append("transformer." + k)
+    missing_modules = sorted(m for m in by_module if m not in modules)
+    unused += [f"transformer.{m}.lora_*" for m in missing_modules]
+    incomplete = sorted(m for m, parts in by_module.items() if len(parts) != 2)
+    unused += [f"transformer.{m} (lora_A and lora_B must both be present)" for m in incomplete]
+    if unused:
+        raise LoraValidationError(
+            f"{path.name}: {len(unused)} key(s) map to no module of this transformer and would be silently "
+            f"ignored: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}",
+            code="lora_unused_keys", field="keys", value=unused[:20], count=len(unused))
+    if not by_module:
+        raise LoraValidationError(f"{path.name} holds no transformer LoRA weights", code="lora_format_unknown",
+                                  field="keys", value=[])
+    ranks: dict[str, int] = {}
+    for m, parts in by_module.items():
+        a, b = parts["lora_A"], parts["lora_B"]
+        in_f, out_f = modules[m]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
+            raise LoraValidationError(
+                f"{path.name}: LoRA shapes for {m} are A {tuple(a.shape)} / B {tuple(b.shape)} but the module is "
+                f"Linear({in_f} -> {out_f})", code="lora_shape_mismatch", field=m,
+                value=[list(a.shape), list(b.shape)], expected=[in_f, out_f])
+        ranks[m] = int(a.shape[0])
+    rank = max(ranks.values())
+    if rank > max_rank:
+        worst = max(ranks, key=ranks.get)
+        raise LoraValidationError(f"{path.name} has rank {rank} (module {worst}); this generator accepts at most "
+                                  f"{max_rank}", code="lora_rank_too_large", field="rank", value=rank, limit=max_rank)
+    # Per-module scaling exactly as diffusers' load would compute it.
+    peft_sd = {f"{m}.{p}.weight": t for m, parts in by_module.items() for p, t in parts.items()}
+    meta = None
+    if diff_meta:
+        meta = {k[len("transformer."):]: v for k, v in diff_meta.items() if k.startswith("transformer.")} or None
+    net_alphas = {k[len("transformer."):]: v for k, v in alphas.items() if k.startswith("transformer.")} or None
+    rank_dict = {f"^{m}.lora_B.weight": r for m, r in ranks.items()}
+    try:
+        config = _create_lora_config(peft_sd, net_alphas, meta, rank_dict)
+    except Exception as exc:
+        raise LoraValidationError(f"{path.name}: its LoRA config metadata is invalid ({exc})",
+                                  code="lora_format_unknown", field="metadata", value=str(exc)[:200]) from None
+    if getattr(config, "use_dora", False):
+        raise LoraValidationError(f"{path.name} is a DoRA adapter; only plain LoRA is supported",
+                                  code="lora_format_unknown", field="use_dora", value=True)
+    canon: dict[str, torch.Tensor] = {}
+    for m, parts in sorted(by_module.items()):
+        key = f"{m}.lora_A.weight"
+        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), key), config.r)
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), key), config.lora_alpha)
+        scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        a = parts["lora_A"].to(torch.float32)
+        b = parts["lora_B"].to(torch.float32) * scaling
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise LoraValidationError(f"{path.name}: LoRA weights of {m} contain NaN or inf",
+                                      code="lora_file_invalid", field=m, value="non-finite", reason="non_finite")
+        if a.shape[0] < rank:
+            a = torch.cat([a, a.new_zeros(rank - a.shape[0], a.shape[1])])
+            b = torch.cat([b, b.new_zeros(b.shape[0], rank - b.shape[1])], dim=1)
+        canon[key] = a.to(dtype).contiguous()
+        canon[f"{m}.lora_B.weight"] = b.to(dtype).contiguous()
+    nbytes = sum(t.numel() * t.element_size() for t in canon.values())
+    return ValidatedLora(path=path, sha256=sha256_file(path), format=fmt, rank=rank,
+                         target_modules=tuple(sorted(by_module)), base_model=base_name, base_fingerprint=fp,
+                         metadata=dict(metadata), state_dict=canon, nbytes=nbytes)
