@@ -400,7 +400,9 @@ class TrainingJob:
         from .samples import IdentityScorer
 
         profile = self._profile()
-        embedder = self.face_embedder if self.face_embedder is not None else (_default_embedder() if profile else None)
+        if profile is None and self.face_embedder is None:
+            return None  # nothing to measure identity against: samples are rendered, not scored
+        embedder = self.face_embedder if self.face_embedder is not None else _default_embedder()
         return IdentityScorer(embedder, profile, [dataset.path(it.image) for it in dataset.items],
                               self.config.samples.near_copy_pixel_similarity)
 
