@@ -543,10 +543,11 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
     for members in clusters.values():
         if len(members) < 2:
             continue
-        # keep the largest face (within 8 px: detector jitter), then the larger photo (more scene for
+        # keep the largest face (within 10%: detector jitter), then the larger photo (more scene for
         # a wide crop), then the sharper one; ties go to the earlier photo
-        keep = max(members, key=lambda c: (round(c.face.face_size / 8.0), c.size[0] * c.size[1],
-                                           round(c.face.sharpness), -c.index))
+        biggest = max(c.face.face_size for c in members)
+        finalists = [c for c in members if c.face.face_size >= 0.9 * biggest]
+        keep = max(finalists, key=lambda c: (c.size[0] * c.size[1], round(c.face.sharpness), -c.index))
         for c in members:
             if c is keep:
                 continue
