@@ -1,0 +1,435 @@
+"""LoRA key formats for ``FluxTransformer2DModel``: PEFT/diffusers <-> kohya/ComfyUI (BFL layout).
+
+A LoRA here is a set of ``ModuleLora(A, B, scale)`` keyed by the diffusers module path
+(``transformer_blocks.0.attn.to_q``); its effective weight change is ``scale * B @ A``.
+
+The kohya file uses the original Black Forest Labs module layout, where several diffusers
+modules are one fused linear: ``double_blocks_N_img_attn_qkv`` = to_q|to_k|to_v,
+``double_blocks_N_txt_attn_qkv`` = add_q_proj|add_k_proj|add_v_proj and ``single_blocks_N_linear1``
+= to_q|to_k|to_v|proj_mlp. A fused LoRA concatenates the parts' A matrices (rank n x r) and places
+their B matrices block-diagonally, so ``B_fused @ A_fused`` is exactly the stack of the parts'
+deltas; a part that was not trained is a zero block. This is the layout diffusers' converter
+(``lora_conversion_utils._convert_kohya_flux_lora_to_diffusers``) recognises as "sparse" and
+splits back into the original rank-r parts.
+
+Known limits of diffusers 0.42's converter, not of the file:
+
+* it hard-codes FLUX.1's widths (3072, 12288) for ``single_blocks_N_linear1``, so a kohya file of
+  a narrower model (tiny-flux) with single-block q/k/v/mlp LoRAs loads in kohya/ComfyUI terms but
+  not through diffusers;
+* it converts the top-level modules (``img_in``, ``txt_in``, ``time_in``, ``guidance_in``,
+  ``vector_in``, ``final_layer``) to keys without the ``transformer.`` prefix, which
+  ``load_lora_weights`` then drops silently; LoRAs on those modules are refused at export
+  (``lora_module_unmappable``) rather than written into a file that loses them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+from persona_ml.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "ModuleLora",
+    "kohya_name",
+    "lora_target_modules",
+    "extract_peft_lora",
+    "lora_from_state_dict",
+    "to_diffusers_state_dict",
+    "to_kohya_state_dict",
+    "kohya_to_module_loras",
+]
+
+# Attention projections of the double-stream blocks (image and text streams) and of the
+# single-stream blocks. In a single block the attention output projection is fused with the MLP
+# output into ``proj_out`` (kohya ``linear2``), so that is where its LoRA goes.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "transformer_blocks.*.attn.to_q",
+    "transformer_blocks.*.attn.to_k",
+    "transformer_blocks.*.attn.to_v",
+    "transformer_blocks.*.attn.to_out.0",
+    "transformer_blocks.*.attn.add_q_proj",
+    "transformer_blocks.*.attn.add_k_proj",
+    "transformer_blocks.*.attn.add_v_proj",
+    "transformer_blocks.*.attn.to_add_out",
+    "single_transformer_blocks.*.attn.to_q",
+    "single_transformer_blocks.*.attn.to_k",
+    "single_transformer_blocks.*.attn.to_v",
+    "single_transformer_blocks.*.proj_out",
+)
+
+# diffusers sub-path in a block -> (kohya suffix, part index, number of parts)
+_DOUBLE = {
+    "attn.to_q": ("img_attn_qkv", 0, 3),
+    "attn.to_k": ("img_attn_qkv", 1, 3),
+    "attn.to_v": ("img_attn_qkv", 2, 3),
+    "attn.to_out.0": ("img_attn_proj", 0, 1),
+    "attn.add_q_proj": ("txt_attn_qkv", 0, 3),
+    "attn.add_k_proj": ("txt_attn_qkv", 1, 3),
+    "attn.add_v_proj": ("txt_attn_qkv", 2, 3),
+    "attn.to_add_out": ("txt_attn_proj", 0, 1),
+    "ff.net.0.proj": ("img_mlp_0", 0, 1),
+    "ff.net.2": ("img_mlp_2", 0, 1),
+    "ff_context.net.0.proj": ("txt_mlp_0", 0, 1),
+    "ff_context.net.2": ("txt_mlp_2", 0, 1),
+    "norm1.linear": ("img_mod_lin", 0, 1),
+    "norm1_context.linear": ("txt_mod_lin", 0, 1),
+}
+_SINGLE = {
+    "attn.to_q": ("linear1", 0, 4),
+    "attn.to_k": ("linear1", 1, 4),
+    "attn.to_v": ("linear1", 2, 4),
+    "proj_mlp": ("linear1", 3, 4),
+    "proj_out": ("linear2", 0, 1),
+    "norm.linear": ("modulation_lin", 0, 1),
+}
+_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_text_embed.timestep_embedder.linear_1": "time_in_in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in_out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in_in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in_in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in_out_layer",
+    "proj_out": "final_layer_linear",
+    "norm_out.linear": "final_layer_adaLN_modulation_1",
+}
+_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class ModuleLora:
+    """One adapted linear: its weight changes by ``scale * B @ A``.
+
+    Attributes:
+        A: ``lora_A`` / ``lora_down``, shape (rank, in_features).
+        B: ``lora_B`` / ``lora_up``, shape (out_features, rank).
+        scale: the multiplier (``alpha / rank`` in PEFT and kohya).
+    """
+
+    A: "torch.Tensor"
+    B: "torch.Tensor"
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def delta(self) -> "torch.Tensor":
+        """The dense weight change ``scale * B @ A`` in float32."""
+        return self.scale * (self.B.float() @ self.A.float())
+
+
+def kohya_name(module: str) -> tuple[str, int, int]:
+    """Map a diffusers module path to ``(kohya module name, part index, parts)``.
+
+    Args:
+        module: e.g. ``"single_transformer_blocks.3.attn.to_k"``.
+
+    Returns:
+        e.g. ``("lora_unet_single_blocks_3_linear1", 1, 4)``.
+
+    Raises:
+        ArtifactError: (``code="lora_module_unmappable"``) no kohya/BFL equivalent exists.
+    """
+    m = _BLOCK.match(module)
+    if m:
+        kind, idx, rest = m.groups()
+        table, prefix = (_DOUBLE, "double_blocks") if kind == "transformer_blocks" else (_SINGLE, "single_blocks")
+        if rest in table:
+            suffix, part, parts = table[rest]
+            return f"lora_unet_{prefix}_{idx}_{suffix}", part, parts
+    elif module in _TOP:
+        raise ArtifactError(
+            f"LoRA on top-level module {module!r} (kohya lora_unet_{_TOP[module]}) is not exported: diffusers 0.42 "
+            "converts it without the 'transformer.' prefix and load_lora_weights then drops it silently; "
+            "adapt only linears of the double/single blocks",
+            code="lora_module_unmappable",
+            field="module",
+            value=module,
+        )
+    raise ArtifactError(
+        f"LoRA on module {module!r} has no kohya/ComfyUI (BFL layout) equivalent; "
+        "adapt only linears of the double/single blocks or the embedders",
+        code="lora_module_unmappable",
+        field="module",
+        value=module,
+    )
+
+
+def lora_target_modules(transformer, targets: Iterable[str] = DEFAULT_LORA_TARGETS, *,
+                        check_exportable: bool = True) -> list[str]:
+    """Resolve target patterns to the full names of the transformer's linear modules.
+
+    A target with ``*`` is a glob over full module paths (``transformer_blocks.*.attn.to_q`` does
+    not match ``single_transformer_blocks.0.attn.to_q``); one without is a suffix matched at a
+    ``.`` boundary, as PEFT does (``attn.to_q`` matches both block kinds). Passing the returned
+    names to ``LoraConfig(target_modules=...)`` adapts exactly these modules.
+
+    Args:
+        transformer: a ``FluxTransformer2DModel`` (PEFT-wrapped or not).
+        targets: patterns; ``DEFAULT_LORA_TARGETS`` by default.
+        check_exportable: also require every match to map to the kohya layout, so a bad target
+            fails before training rather than at export.
+
+    Returns:
+        Sorted full module names.
+
+    Raises:
+        ConfigError: a target matches no linear module (``code="lora_target_unmatched"``), or
+            (with ``check_exportable``) matches one that cannot be exported
+            (``code="lora_module_unmappable"``).
+    """
+    import torch
+
+    targets = list(targets)
+    names = []
+    for name, module in transformer.named_modules():
+        if not name or ".lora_" in name or name.endswith("base_layer") or ".base_layer" in name:
+            continue
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, torch.nn.Linear):
+            names.append(name)
+    chosen: set[str] = set()
+    for target in targets:
+        if "*" in target or "?" in target or "[" in target:
+            hits = [n for n in names if fnmatch.fnmatchcase(n, target)]
+        else:
+            hits = [n for n in names if n == target or n.endswith("." + target)]
+        if not hits:
+            raise ConfigError(
+                f"LoRA target {target!r} matches no linear module of the transformer",
+                code="lora_target_unmatched",
+                field="lora.targets",
+                value=target,
+            )
+        chosen.update(hits)
+    if check_exportable:
+        for name in sorted(chosen):
+            try:
+                kohya_name(name)
+            except ArtifactError as exc:
+                raise ConfigError(exc.message, code="lora_module_unmappable", field="lora.targets", value=name) from exc
+    return sorted(chosen)
+
+
+def extract_peft_lora(transformer, adapter_name: str | None = None) -> dict[str, ModuleLora]:
+    """Read every LoRA layer of a PEFT-wrapped transformer (weights detached, on CPU).
+
+    Args:
+        transformer: a model with PEFT LoRA layers (``add_adapter`` or ``get_peft_model``).
+        adapter_name: which adapter; the only one when ``None``.
+
+    Returns:
+        ``{module path: ModuleLora}`` with the live per-module scale (covers rsLoRA and
+        ``alpha_pattern``).
+
+    Raises:
+        ArtifactError: no LoRA layer found (``lora_empty``), several adapters and none named
+            (``lora_adapter_ambiguous``), or DoRA (``lora_format_unsupported``).
+    """
+    out: dict[str, ModuleLora] = {}
+    prefix_strip = ("base_model.model.",)
+    for name, module in transformer.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if lora_a is None or not hasattr(lora_a, "keys") or not len(lora_a):
+            continue
+        adapters = sorted(lora_a.keys())
+        adapter = adapter_name
+        if adapter is None:
+            if len(adapters) > 1:
+                raise ArtifactError(f"{name} has adapters {adapters}; pass adapter_name",
+                                    code="lora_adapter_ambiguous", field="adapter_name", value=adapters)
+            adapter = adapters[0]
+        if adapter not in lora_a:
+            continue
+        if getattr(module, "use_dora", {}).get(adapter, False):
+            raise ArtifactError(f"{name}: DoRA adapters cannot be exported as plain LoRA",
+                                code="lora_format_unsupported", field="module", value=name)
+        for p in prefix_strip:
+            if name.startswith(p):
+                name = name[len(p):]
+        out[name] = ModuleLora(
+            A=lora_a[adapter].weight.detach().to("cpu").contiguous().clone(),
+            B=module.lora_B[adapter].weight.detach().to("cpu").contiguous().clone(),
+            scale=float(module.scaling[adapter]),
+        )
+    if not out:
+        raise ArtifactError("the transformer has no LoRA layers to export", code="lora_empty",
+                            field="transformer", value=type(transformer).__name__)
+    return out
+
+
+def lora_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], alpha: float) -> dict[str, ModuleLora]:
+    """Group a PEFT/diffusers LoRA state dict into modules with ``scale = alpha / rank``.
+
+    Args:
+        state_dict: keys ``[transformer.]<module>.lora_A.weight`` / ``lora_B.weight``
+            (``lora_A.default.weight`` is accepted too).
+        alpha: the LoRA alpha used in training.
+
+    Returns:
+        ``{module path: ModuleLora}``.
+
+    Raises:
+        ArtifactError: a key of another form, or an A without its B (``lora_keys_invalid``).
+    """
+    pat = re.compile(r"^(?:transformer\.)?(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+    parts: dict[str, dict[str, "torch.Tensor"]] = {}
+    for key, value in state_dict.items():
+        m = pat.match(key)
+        if not m:
+            raise ArtifactError(f"not a PEFT LoRA key: {key!r}", code="lora_keys_invalid", field="key", value=key)
+        parts.setdefault(m.group(1), {})[m.group(2)] = value
+    out = {}
+    for module, ab in sorted(parts.items()):
+        if set(ab) != {"A", "B"}:
+            raise ArtifactError(f"{module}: lora_A and lora_B must both be present", code="lora_keys_invalid",
+                                field="module", value=module)
+        A, B = ab["A"].detach().cpu(), ab["B"].detach().cpu()
+        out[module] = ModuleLora(A=A, B=B, scale=float(alpha) / A.shape[0])
+    if not out:
+        raise ArtifactError("the LoRA state dict is empty", code="lora_empty", field="state_dict", value=0)
+    return out
+
+
+def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, "torch.Tensor"], dict]:
+    """PEFT/diffusers keys plus the ``LoraConfig`` kwargs that make diffusers apply each scale.
+
+    Returns:
+        ``(state_dict, lora_config_kwargs)``: keys ``transformer.<module>.lora_A.weight`` /
+        ``lora_B.weight`` (weights as trained) and the kwargs diffusers 0.42 reads from the
+        ``lora_adapter_metadata`` header entry (``r``, ``lora_alpha``, ``rank_pattern``,
+        ``alpha_pattern``...), expressed without rsLoRA so ``scaling = lora_alpha / r`` holds.
+    """
+    sd: dict[str, "torch.Tensor"] = {}
+    for module, lora in sorted(loras.items()):
+        sd[f"transformer.{module}.lora_A.weight"] = lora.A.contiguous()
+        sd[f"transformer.{module}.lora_B.weight"] = lora.B.contiguous()
+    ranks = {m: lo.rank for m, lo in loras.items()}
+    alphas = {m: lo.scale * lo.rank for m, lo in loras.items()}
+    r = max(set(ranks.values()), key=lambda v: (list(ranks.values()).count(v), v))
+    alpha = max(set(alphas.values()), key=lambda v: (list(alphas.values()).count(v), v))
+    # PEFT matches pattern keys as regexes (``(.*\.)?(key)$``); escape the dots.
+    rank_pattern = {re.escape(m): v for m, v in sorted(ranks.items()) if v != r}
+    alpha_pattern = {re.escape(m): v for m, v in sorted(alphas.items()) if v != alpha}
+    config = {
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": sorted(loras),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+    }
+    return sd, config
+
+
+def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4.0) -> dict[str, "torch.Tensor"]:
+    """kohya/ComfyUI keys in the BFL layout, with ``.alpha`` so ``alpha / rank`` is each scale.
+
+    Fused modules (qkv, single-block linear1) get the parts' A matrices stacked and their B
+    matrices block-diagonal; missing parts are zero blocks of the same rank (the single block's
+    ``proj_mlp`` has ``mlp_ratio`` x the hidden width). Fused parts whose scales differ have
+    their scales folded into B and ``alpha = rank``.
+
+    Args:
+        loras: ``{diffusers module path: ModuleLora}``.
+        mlp_ratio: FLUX's single-block MLP ratio (4.0), to size a missing ``proj_mlp`` part.
+
+    Returns:
+        ``{"lora_unet_...lora_down.weight" | ".lora_up.weight" | ".alpha": tensor}``.
+
+    Raises:
+        ArtifactError: a module has no kohya equivalent (``lora_module_unmappable``).
+    """
+    import torch
+
+    groups: dict[str, dict[int, tuple[str, ModuleLora]]] = {}
+    n_parts: dict[str, int] = {}
+    for module, lora in sorted(loras.items()):
+        name, part, parts = kohya_name(module)
+        groups.setdefault(name, {})[part] = (module, lora)
+        n_parts[name] = parts
+
+    out: dict[str, torch.Tensor] = {}
+    for name, members in sorted(groups.items()):
+        parts = n_parts[name]
+        loras_in = [lo for _, lo in members.values()]
+        dtype = loras_in[0].A.dtype
+        rank = max(lo.rank for lo in loras_in)
+        scales = {lo.scale for lo in loras_in}
+        bake = len(scales) > 1
+        common = 1.0 if bake else scales.pop()
+        in_features = loras_in[0].A.shape[1]
+        if parts == 1:
+            lora = loras_in[0]
+            down, up = lora.A, lora.B
+            out[f"{name}.lora_down.weight"] = down.contiguous()
+            out[f"{name}.lora_up.weight"] = up.contiguous().to(dtype)
+            out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]) * common, dtype=torch.float32)
+            continue
+        attn = [lo for m, lo in members.values() if not m.endswith("proj_mlp")]
+        hidden = attn[0].B.shape[0] if attn else int(round(loras_in[0].B.shape[0] / mlp_ratio))
+        out_dims = []
+        for p in range(parts):
+            if p in members:
+                out_dims.append(members[p][1].B.shape[0])
+            else:
+                out_dims.append(int(hidden * mlp_ratio) if (parts == 4 and p == 3) else hidden)
+        down = torch.zeros(parts * rank, in_features, dtype=dtype)
+        up = torch.zeros(sum(out_dims), parts * rank, dtype=dtype)
+        row = 0
+        for p in range(parts):
+            if p in members:
+                lo = members[p][1]
+                down[p * rank:p * rank + lo.rank] = lo.A
+                up[row:row + out_dims[p], p * rank:p * rank + lo.rank] = (lo.B * lo.scale if bake else lo.B).to(dtype)
+            row += out_dims[p]
+        out[f"{name}.lora_down.weight"] = down
+        out[f"{name}.lora_up.weight"] = up
+        out[f"{name}.alpha"] = torch.tensor(float(parts * rank) * common, dtype=torch.float32)
+    return out
+
+
+def kohya_to_module_loras(state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, ModuleLora]:
+    """Convert a kohya/ComfyUI Flux LoRA with diffusers' own converter (no model needed).
+
+    Args:
+        state_dict: kohya keys (``lora_unet_...``) or a path-free dict read from a file.
+
+    Returns:
+        ``{diffusers module path: ModuleLora}`` as diffusers would load it (scale 1: diffusers
+        folds kohya's alpha into the weights).
+
+    Raises:
+        ArtifactError: diffusers cannot convert it (``lora_format_unknown``).
+    """
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    try:
+        converted = _convert_kohya_flux_lora_to_diffusers(dict(state_dict))
+    except (ValueError, AssertionError, KeyError, RuntimeError) as exc:
+        raise ArtifactError(f"diffusers cannot convert this kohya LoRA: {exc}", code="lora_format_unknown",
+                            field="state_dict", value=str(exc)[:200]) from exc
+    # load_lora_weights keeps only "transformer."-prefixed keys; mirror it so a drop shows up here
+    dropped = sorted(k for k in converted if not k.startswith("transformer."))
+    if dropped:
+        log.warning("diffusers' converter left %d key(s) that load_lora_weights ignores: %s", len(dropped), dropped[:4])
+    kept = {k: v for k, v in converted.items() if k.startswith("transformer.")}
+    # diffusers folds kohya's alpha into the weights, so each module's scale is 1
+    return {m: ModuleLora(lo.A, lo.B, 1.0) for m, lo in lora_from_state_dict(kept, alpha=1.0).items()}
