@@ -92,11 +92,17 @@ class FluxBatch:
 
 
 def flow_matching_loss(transformer, batch: FluxBatch, noise_cfg: NoiseConfig, generator: torch.Generator,
-                       *, face_weight: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                       *, face_weight: float = 1.0, dtype: torch.dtype = torch.float32,
+                       guidance_embeds: bool | None = None) -> torch.Tensor:
     """One flow-matching loss for ``batch`` (scalar float32 tensor).
 
     Noise and sigma are drawn from ``generator`` on CPU and moved to the device, so a run is
     reproducible from the generator's state on any device.
+
+    Args:
+        transformer: the (possibly DDP-wrapped) ``FluxTransformer2DModel``.
+        guidance_embeds: whether the model has a guidance embedding; read from
+            ``transformer.config`` when ``None`` (pass it for a wrapped model).
     """
     x0 = batch.latents.float()
     b, c, h, w = x0.shape
@@ -108,7 +114,9 @@ def flow_matching_loss(transformer, batch: FluxBatch, noise_cfg: NoiseConfig, ge
     noisy = (1.0 - s) * x0 + s * noise
     target = pack(noise - x0)
     guidance = None
-    if getattr(transformer.config, "guidance_embeds", False):
+    if guidance_embeds is None:
+        guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
+    if guidance_embeds:
         guidance = torch.full((b,), float(noise_cfg.guidance), device=device, dtype=dtype)
     txt_ids = torch.zeros(batch.prompt_embeds.shape[1], 3, device=device, dtype=dtype)
     pred = transformer(hidden_states=pack(noisy).to(dtype), timestep=sigmas.to(dtype), guidance=guidance,

@@ -145,7 +145,8 @@ class TrainingJob:
             result.error = exc.to_dict()
             self._set_status(JobStatus.FAILED, f"[{exc.code}] {exc.message}")
             result.status = self.status
-            self._write_result(result)
+            if _is_main_process():
+                self._write_result(result)
             if raise_on_error:
                 raise
         return result
@@ -229,6 +230,7 @@ class TrainingJob:
         transformer, optimizer = accelerator.prepare(transformer, optimizer)
         raw = accelerator.unwrap_model(transformer)
         names = [n for n, p in raw.named_parameters() if p.requires_grad]
+        guidance_embeds = bool(getattr(raw.config, "guidance_embeds", False))
 
         ckpt_root = self.output_dir / "checkpoints"
         expect = {"training_hash": cfg.training_hash(), "dataset_hash": dataset.info.dataset_hash,
@@ -297,7 +299,8 @@ class TrainingJob:
                         batch = FluxBatch(z.to(device), pe.to(device), pooled.to(device), masks[idx])
                         with accelerator.autocast():
                             loss = flow_matching_loss(transformer, batch, cfg.noise, gen,
-                                                      face_weight=cfg.data.face_loss_weight, dtype=dtype)
+                                                      face_weight=cfg.data.face_loss_weight, dtype=dtype,
+                                                      guidance_embeds=guidance_embeds)
                         loss_value = float(loss.detach())
                         if not math.isfinite(loss_value):
                             raise TrainingError(f"loss is {loss_value} at step {step + 1}; lower optimizer.lr "
@@ -532,6 +535,11 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under ``accelerate launch`` / torchrun (read from the environment, no state needed)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
 def _default_embedder():

@@ -126,6 +126,16 @@ def test_a_full_run_completes_with_events_checkpoints_and_resolved_config(first_
     assert result.cache["latent_misses"] == 6 and sum(counter.counts.values()) > 0   # cold cache: 3 items x 2 sizes
 
 
+def test_export_carries_provenance_in_both_formats(first_run, dataset):
+    from persona_ml.training.export import read_lora_metadata
+
+    result, _, _, loader = first_run
+    assert result.lora_path.is_file() and result.kohya_path.is_file()
+    meta = read_lora_metadata(result.lora_path)
+    assert (meta.rank, meta.steps, meta.trigger, meta.base_model) == (4, 8, "ohwx", "tiny-flux")
+    assert meta.base_model_fingerprint.startswith("sha256:") and meta.dataset_hash == dataset.info.dataset_hash
+
+
 def test_samples_are_rendered_and_scored_honestly_without_faces(first_run):
     result, events, _, _ = first_run
     sample_events = [e for e in events if e.kind == "samples"]
