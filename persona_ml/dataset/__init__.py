@@ -10,10 +10,10 @@ from typing import Any
 
 _LAZY = {
     "screen_dataset": "persona_ml.dataset.screening",
-    "DatasetReport": "persona_ml.dataset.screening",
+    "DatasetReport": "persona_ml.dataset.report",
     "ScreeningConfig": "persona_ml.dataset.screening",
-    "ScreenedImage": "persona_ml.dataset.screening",
-    "Coverage": "persona_ml.dataset.screening",
+    "ScreenedImage": "persona_ml.dataset.report",
+    "Coverage": "persona_ml.dataset.report",
     "DatasetConfig": "persona_ml.dataset.settings",
     "load_dataset_config": "persona_ml.dataset.settings",
     "prepare_dataset": "persona_ml.dataset.prepare",
