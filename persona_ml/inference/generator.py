@@ -154,6 +154,8 @@ class CharacterGenerator:
         self._ip_procs: dict[str, Any] | None = None
         if ip_adapter is not None:
             self._load_ip_adapter(ip_adapter)
+        elif getattr(self.transformer, "encoder_hid_proj", None) is not None:
+            self.pipe.unload_ip_adapter()  # left by an earlier generator on this pipeline
         self.compiled = False
         if compile:
             self.transformer.compile(**(compile_kwargs or {}))
@@ -163,7 +165,24 @@ class CharacterGenerator:
 
     def _init_slot(self) -> None:
         import torch
+        from peft.tuners.lora import LoraLayer
 
+        existing = dict(getattr(self.transformer, "peft_config", {}) or {})
+        if existing:
+            slot = existing.get(SLOT_ADAPTER)
+            wrapped = {n for n, m in self.transformer.named_modules()
+                       if isinstance(m, LoraLayer) and SLOT_ADAPTER in m.scaling}
+            if set(existing) != {SLOT_ADAPTER} or slot is None or slot.r != self.max_rank or \
+                    not set(self.slot_targets) <= wrapped:
+                raise InputError(
+                    f"the base pipeline already carries LoRA adapters {sorted(existing)} that this generator cannot "
+                    "reuse (another rank or fewer targets); pass a freshly loaded base model",
+                    code="base_has_adapters", field="base", value=sorted(existing))
+            # A previous generator's slot on the same pipeline: reuse it (its weights are overwritten on use).
+            self._lora_layers = [m for m in self.transformer.modules()
+                                 if isinstance(m, LoraLayer) and SLOT_ADAPTER in m.scaling]
+            self._set_scale(0.0)
+            return
         sd = {}
         for m in self.slot_targets:
             in_f, out_f = self.modules[m]
@@ -174,8 +193,6 @@ class CharacterGenerator:
                 "rank_pattern": {}, "alpha_pattern": {}, "use_dora": False, "lora_bias": False,
                 "use_rslora": False, "lora_dropout": 0.0}
         self.transformer.load_lora_adapter(sd, adapter_name=SLOT_ADAPTER, prefix=None, metadata=meta)
-        from peft.tuners.lora import LoraLayer
-
         self._lora_layers = [m for m in self.transformer.modules()
                              if isinstance(m, LoraLayer) and SLOT_ADAPTER in m.scaling]
         self._set_scale(0.0)

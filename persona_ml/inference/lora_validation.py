@@ -88,13 +88,13 @@ def linear_modules(transformer: Any) -> dict[str, tuple[int, int]]:
     """``{module path: (in_features, out_features)}`` of the transformer's ``nn.Linear`` layers.
 
     Modules wrapped by PEFT are reported under their original path (``.base_layer`` dropped);
-    IP-Adapter projections (``encoder_hid_proj``) are left out: they are not base weights.
+    IP-Adapter layers (``encoder_hid_proj``, ``*.processor.to_k_ip``) are left out: they are not base weights.
     """
     import torch.nn as nn
 
     out: dict[str, tuple[int, int]] = {}
     for name, module in transformer.named_modules():
-        if not isinstance(module, nn.Linear) or name.startswith("encoder_hid_proj"):
+        if not isinstance(module, nn.Linear) or name.startswith("encoder_hid_proj") or ".processor." in name:
             continue
         parts = name.split(".")
         if "lora_A" in parts or "lora_B" in parts or "lora_embedding_A" in parts:

@@ -1,0 +1,233 @@
+"""CharacterGenerator on tiny-flux (CPU): switching, reproducibility, formats, tiers, identity flags."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from persona_ml.errors import InputError, LoraValidationError  # noqa: E402
+from persona_ml.inference import Character, CharacterGenerator, GenerationRequest  # noqa: E402
+from persona_ml.inference.generator import IPAdapterSpec  # noqa: E402
+from persona_ml.inference.testing import build_tiny_ip_adapter, make_random_lora  # noqa: E402
+
+# Double-block attention only: diffusers' kohya converter hard-codes FLUX.1's single-block widths.
+TARGETS = ["transformer_blocks.*.attn.to_q", "transformer_blocks.*.attn.to_k", "transformer_blocks.*.attn.to_v",
+           "transformer_blocks.*.attn.to_out.0", "transformer_blocks.*.attn.add_q_proj"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from persona_ml.models import load_base_model
+
+    tmp = tmp_path_factory.mktemp("gen")
+    base = load_base_model("tiny-flux")
+    kw = dict(base_model=base.name, base_fingerprint=base.fingerprint, targets=TARGETS)
+    loras = {"A": make_random_lora(base.pipeline, tmp / "A", seed=1, **kw),
+             "B": make_random_lora(base.pipeline, tmp / "B", seed=2, **kw)}
+    weights, encoder = build_tiny_ip_adapter(tmp / "ip", base.pipeline)
+    gen = CharacterGenerator(base, max_rank=8, ip_adapter=IPAdapterSpec(weights, encoder))
+    gen.register(Character("A", lora_path=loras["A"].diffusers_path, trigger="ohwx"))
+    gen.register(Character("B", lora_path=loras["B"].diffusers_path, trigger="ohwx"))
+    return base, gen, loras, tmp
+
+
+def render(gen, cid, seeds=(1, 2), **kw):
+    req = GenerationRequest(cid, "a photo of {trigger}", seeds=seeds, height=32, width=32, steps=2,
+                            max_sequence_length=32, **kw)
+    result = gen.generate(req)
+    return np.stack([np.asarray(im.image) for im in result.images]), result
+
+
+def test_switch_a_b_a_reproduces_a_exactly(setup):
+    _, gen, _, _ = setup
+    a1, res = render(gen, "A")
+    b, _ = render(gen, "B")
+    a2, _ = render(gen, "A")
+    assert res.tier == "lora" and [im.seed for im in res.images] == [1, 2]
+    assert np.array_equal(a1, a2)
+    assert np.mean(a1 != b) > 0.5  # the two characters really differ
+
+
+def test_base_weights_unchanged_after_200_switches(setup):
+    _, gen, _, _ = setup
+    before_img, _ = render(gen, "A", seeds=(3,))
+    before = gen.base_checksum()
+    for i in range(200):
+        gen.activate("A" if i % 2 else "B", lora_scale=0.5 + (i % 3) * 0.25)
+    assert gen.base_checksum() == before
+    assert gen.merged_adapters() == []
+    after_img, _ = render(gen, "A", seeds=(3,))
+    assert np.array_equal(before_img, after_img)
+    stats = gen.cache_stats()
+    assert stats.loads_disk == 2 and stats.hits_memory >= 200
+
+
+def test_each_image_of_a_batch_reproduces_alone(setup):
+    _, gen, _, _ = setup
+    batch, _ = render(gen, "A", seeds=(5, 6, 7))
+    alone, _ = render(gen, "A", seeds=(6,))
+    assert np.array_equal(batch[1], alone[0])
+    assert not np.array_equal(batch[0], batch[1])
+
+
+def test_lora_scale_per_request(setup):
+    base, gen, _, _ = setup
+    full, _ = render(gen, "A", seeds=(1,), lora_scale=1.0)
+    half, _ = render(gen, "A", seeds=(1,), lora_scale=0.5)
+    off, _ = render(gen, "A", seeds=(1,), lora_scale=0.0)
+    assert not np.array_equal(full, half) and not np.array_equal(half, off)
+    # scale 0 is the bare base model: same pixels as a fresh pipeline without any adapter
+    from persona_ml.models import load_base_model
+
+    fresh = load_base_model("tiny-flux").pipeline
+    fresh.set_progress_bar_config(disable=True)
+    ref = fresh(prompt=["a photo of ohwx"], height=32, width=32, num_inference_steps=2, guidance_scale=3.5,
+                generator=[torch.Generator().manual_seed(1)], max_sequence_length=32).images[0]
+    assert np.array_equal(off[0], np.asarray(ref))
+    # and scale 1 matches diffusers' own load_lora_weights of the same file
+    fresh.load_lora_weights(str(setup[2]["A"].diffusers_path))
+    ref_lora = fresh(prompt=["a photo of ohwx"], height=32, width=32, num_inference_steps=2, guidance_scale=3.5,
+                     generator=[torch.Generator().manual_seed(1)], max_sequence_length=32).images[0]
+    assert np.abs(full[0].astype(int) - np.asarray(ref_lora).astype(int)).max() <= 1
+
+
+def _comfyui_copy(src, dst):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), "pt") as fh:
+        meta = fh.metadata()
+    out = {}
+    for k, v in load_file(str(src)).items():
+        m = re.match(r"lora_unet_double_blocks_(\d+)_(img|txt)_attn_(qkv|proj)\.(.+)$", k)
+        out[f"diffusion_model.double_blocks.{m[1]}.{m[2]}_attn.{m[3]}.{m[4]}"
+            .replace("lora_down", "lora_A").replace("lora_up", "lora_B")] = v
+    save_file(out, str(dst), metadata=meta)
+    return dst
+
+
+def test_kohya_and_comfyui_files_give_the_same_images(setup):
+    _, gen, loras, tmp = setup
+    gen.register(Character("A_kohya", lora_path=loras["A"].kohya_path, trigger="ohwx"))
+    gen.register(Character("A_comfy", lora_path=_comfyui_copy(loras["A"].kohya_path, tmp / "comfy.safetensors"),
+                           trigger="ohwx"))
+    a, _ = render(gen, "A", seeds=(4,))
+    k, _ = render(gen, "A_kohya", seeds=(4,))
+    c, _ = render(gen, "A_comfy", seeds=(4,))
+    assert np.abs(a.astype(int) - k.astype(int)).max() <= 1
+    assert np.abs(a.astype(int) - c.astype(int)).max() <= 1
+    assert gen._memory["A_kohya"].lora.format == "kohya" and gen._memory["A_comfy"].lora.format == "comfyui"
+
+
+def test_refused_lora_keeps_the_previous_adapter(setup):
+    base, gen, _, tmp = setup
+    other = make_random_lora(base.pipeline, tmp / "other", seed=9, base_model="flux-dev",
+                             base_fingerprint="sha256:" + "0" * 64, targets=TARGETS)
+    gen.register(Character("intruder", lora_path=other.diffusers_path))
+    a1, _ = render(gen, "A", seeds=(8,))
+    with pytest.raises(LoraValidationError) as exc:
+        render(gen, "intruder", seeds=(8,))
+    assert exc.value.code == "lora_base_mismatch"
+    a2, _ = render(gen, "A", seeds=(8,))
+    assert np.array_equal(a1, a2)
+
+
+def test_ip_adapter_tier_conditions_on_the_reference(setup):
+    _, gen, _, _ = setup
+    rng = np.random.default_rng(0)
+    ref1 = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    ref2 = 255 - ref1
+    gen.register(Character("R", reference_image=ref1))
+    a_before, _ = render(gen, "A", seeds=(2,))
+    r1, res = render(gen, "R", seeds=(2,))
+    r1_again, _ = render(gen, "R", seeds=(2,))
+    r2, _ = render(gen, "R", seeds=(2,), reference_image=ref2)
+    assert res.tier == "ip_adapter" and res.lora_sha256 is None
+    assert np.array_equal(r1, r1_again) and not np.array_equal(r1, r2)
+    a_after, _ = render(gen, "A", seeds=(2,))  # back to the LoRA tier: IP processors are out again
+    assert np.array_equal(a_before, a_after)
+    with pytest.raises(InputError) as exc:
+        render(gen, "R", tier="lora")
+    assert exc.value.code == "tier_unavailable"
+
+
+def test_lru_cache_evicts_by_bytes(setup):
+    base, _, loras, _ = setup
+    gen = CharacterGenerator(base, max_rank=8, memory_budget_bytes=1)  # room for one entry only
+    for cid in ("A", "B"):
+        gen.register(Character(cid, lora_path=loras[cid].diffusers_path))
+    gen.activate("A")
+    gen.activate("B")
+    stats = gen.cache_stats()
+    assert stats.memory == ("B",) and stats.evictions == 1 and stats.active == "B"
+    gen.activate("A")
+    assert gen.cache_stats().loads_disk == 3
+
+
+def test_compiled_transformer_does_not_recompile_on_switch(setup):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from persona_ml.models import load_base_model
+
+    _, _, loras, _ = setup
+    base = load_base_model("tiny-flux")
+    gen = CharacterGenerator(base, max_rank=8, compile=True, compile_kwargs={"backend": "eager"})
+    for cid in ("A", "B"):
+        gen.register(Character(cid, lora_path=loras[cid].diffusers_path))
+    torch._dynamo.reset()
+    counters.clear()
+    a1, _ = render(gen, "A", seeds=(1,))
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    old = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        b, _ = render(gen, "B", seeds=(1,), lora_scale=0.7)
+        a2, _ = render(gen, "A", seeds=(1,))
+    finally:
+        torch._dynamo.config.error_on_recompile = old
+        torch._dynamo.reset()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert np.array_equal(a1, a2) and not np.array_equal(a1, b)
+
+
+# ---------------------------------------------------------------- identity on real photos
+
+
+@pytest.fixture(scope="module")
+def tom(insightface_images):
+    from PIL import Image
+
+    from persona_ml.faces import FaceEmbedder, FaceProfile
+
+    embedder = FaceEmbedder("dlib")
+    img = Image.open(insightface_images / "Tom_Hanks_54745.png").convert("RGB")
+    profile = FaceProfile.build([embedder.embed_primary(img)])
+    return embedder, profile, img
+
+
+def test_identity_flags_on_real_photos(tom, insightface_images):
+    from PIL import Image, ImageOps
+
+    from persona_ml.inference import rank_best_of, score_images
+
+    embedder, profile, img = tom
+    w, h = img.size
+    twice = Image.new("RGB", (2 * w + 20, h), "white")  # the character's face on two people
+    twice.paste(img, (0, 0))
+    twice.paste(ImageOps.mirror(img), (w + 20, 0))
+    group = Image.open(insightface_images / "t1.jpg").convert("RGB")  # several other people
+    blank = Image.new("RGB", (256, 256), (120, 160, 200))
+    checks = score_images([img, twice, group, blank], profile, embedder)
+    assert checks[0].flags == () and checks[0].matching_faces == 1
+    assert checks[0].similarity > profile.thresholds.same_person_min_cosine
+    assert "identity_bleeding" in checks[1].flags and checks[1].matching_faces == 2
+    assert checks[2].num_faces >= 3 and "identity_bleeding" not in checks[2].flags
+    assert "identity_low" in checks[2].flags
+    assert checks[3].flags == ("no_face",) and checks[3].similarity is None
+    assert rank_best_of(checks)[0] == 0 and rank_best_of(checks, keep=2)[0] == 0
