@@ -99,11 +99,13 @@ def render_samples(pipeline, embeds: Sequence[tuple[Any, Any]], seeds: Sequence[
     out = Path(out_dir)
     paths = []
     device = pipeline.transformer.device
-    dtype = pipeline.transformer.dtype
+    # the frozen weights' dtype (LoRA parameters stay fp32): the VAE decodes latents of this dtype
+    dtype = pipeline.vae.dtype
     for i, (pe, pooled) in enumerate(embeds):
         for seed in seeds:
             gen = torch.Generator("cpu").manual_seed(int(seed))
-            with torch.no_grad():
+            # autocast: fp32 LoRA outputs would otherwise promote bf16 latents before the VAE decode
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 image = pipeline(prompt_embeds=pe.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
                                  num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
                                  generator=gen, output_type="pil").images[0]

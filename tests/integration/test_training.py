@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from persona_ml.errors import LoraRuleError, TrainingError
 from persona_ml.training import job as jobmod
@@ -260,3 +261,38 @@ def test_identity_score_penalises_near_copies_of_training_photos(dataset, tmp_pa
     assert score.detection_rate == 1.0 and score.near_copies == 1
     assert score.similarity == pytest.approx(score.samples[1].similarity)
     assert score.score == pytest.approx(score.samples[1].similarity / 2)   # the copy counts 0
+
+
+class _PathObs(_Obs):
+    def __init__(self, path):
+        is_sample = "samples" in str(path)
+        super().__init__([0.0, 1.0] if is_sample else [1.0, 0.0])   # samples never match a training photo
+        self.path = str(path)
+
+
+class _PathEmbedder:
+    """Finds a face everywhere; the 'identity' is read from the file path (step 4 looks best)."""
+
+    class thresholds:
+        near_duplicate_min_cosine = 0.99
+
+    def analyze(self, paths):
+        return [[_PathObs(p)] for p in paths]
+
+
+class _StepProfile:
+    def similarity(self, obs):
+        return 0.9 if "step-000004" in obs.path else 0.5
+
+
+def test_best_identity_step_is_named_and_exported(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    from persona_ml.training.export import read_lora_metadata
+
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    result = jobmod.train_lora(_cfg(cache_dir, "samples.every=4", "checkpoint.every=8"), dataset, tmp_path,
+                               profile=_StepProfile(), face_embedder=_PathEmbedder())
+    assert [(s.step, s.score) for s in result.identity] == [(4, pytest.approx(0.9)), (8, pytest.approx(0.5))]
+    assert result.best_step == 4 and result.best_lora_path == tmp_path / "best" / "pytorch_lora_weights.safetensors"
+    assert read_lora_metadata(result.best_lora_path).steps == 4 and read_lora_metadata(result.lora_path).steps == 8
+    best, final = load_file(str(result.best_lora_path)), load_file(str(result.lora_path))
+    assert any(not torch.equal(best[k], final[k]) for k in final)   # step 4's weights, not a copy of the final
