@@ -1,0 +1,34 @@
+"""scripts/gpu_check.py at FLUX.1-dev size on a GPU (skipped without one; the CPU dry run is in
+tests/unit/test_gpu_check_dry_run.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.gpu
+def test_full_flux_dev_check_on_gpu(tmp_path):
+    """The real check at FLUX.1-dev size (about 2-4 minutes on an H100/H200)."""
+    report_path = tmp_path / "gpu.json"
+    assert _load().main(["--quick", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert 11.5 < report["params_billion"] < 12.5
+    assert [t["image_tokens"] for t in report["train"]] == [1024, 4096]
+    for t in report["train"]:
+        assert t["finite"] and t["peak_mem_gib"] > 20  # the bf16 weights alone are 22 GiB
+    assert report["total_s"] < 8 * 60
