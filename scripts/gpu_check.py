@@ -169,7 +169,7 @@ def train_timing(model, params: list, plan: Plan, resolution: int) -> dict:
     if torch.device(plan.device).type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(plan.device)
-    losses, times = [], []
+    losses, times, grad_norms = [], [], []
     for step in range(plan.warmup_steps + plan.train_steps):
         _sync(plan.device)
         t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def train_timing(model, params: list, plan: Plan, resolution: int) -> dict:
         pred = _forward(model, batch, noisy, batch["sigma"], guidance=1.0)
         loss = torch.nn.functional.mse_loss(pred.float(), (batch["noise"] - batch["latents"]).float())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(plan.device)
@@ -192,7 +192,8 @@ def train_timing(model, params: list, plan: Plan, resolution: int) -> dict:
         "s_per_step": sum(times) / len(times),
         "s_per_step_min": min(times),
         "losses": losses,
-        "finite": all(math.isfinite(v) for v in losses),
+        "grad_norms": grad_norms,
+        "finite": all(math.isfinite(v) for v in losses + grad_norms),
     }
     if torch.device(plan.device).type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(plan.device) / 2**30

@@ -39,5 +39,6 @@ def test_dry_run_exercises_the_whole_code_path(tmp_path):
     assert [t["image_tokens"] for t in report["train"]] == [16, 64]  # (px/16)^2 after VAE + 2x2 packing
     for t in report["train"]:
         assert t["s_per_step"] > 0 and all(math.isfinite(v) for v in t["losses"])
+        assert t["grad_norms"][-1] > 0  # gradients reach the LoRA through gradient checkpointing
     assert report["inference"]["s_per_forward"] > 0
     assert report["lora_params_million"] > 0
