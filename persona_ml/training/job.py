@@ -18,6 +18,7 @@ resumed run draws exactly what the uninterrupted run would have drawn, on any nu
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -248,6 +249,7 @@ class TrainingJob:
             restore_rng(st.rng)
             start, pos, losses = st.step, st.position, list(st.losses)
             result.resumed_from = start
+            result.identity = _earlier_identity(self.output_dir / "samples", start)
             log.info("resumed from %s (step %d)", last, start)
         elif self.resume:
             log.info("no checkpoint in %s; starting from step 0", ckpt_root)
@@ -436,6 +438,7 @@ class TrainingJob:
         identity = scorer.score(step, paths) if scorer is not None else None
         if identity is not None:
             result.identity.append(identity)
+            atomic_write_json(out / "identity.json", identity.to_dict())  # survives a kill; read on resume
         result.checkpoints.append(CheckpointRecord(step, str(out), identity))
         self._emit("samples", step=step, sample_paths=tuple(str(p) for p in paths), identity=identity)
         del sampler
@@ -535,6 +538,22 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _earlier_identity(samples_root: Path, up_to: int) -> list:
+    """Identity scores of sample steps at or before ``up_to`` from an interrupted run's folder."""
+    from .samples import IdentityScore
+
+    found = []
+    for path in sorted(samples_root.glob("step-*/identity.json")):
+        try:
+            score = IdentityScore.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            continue
+        if score.step <= up_to:
+            found.append(score)
+    return found
 
 
 def _is_main_process() -> bool:

@@ -69,7 +69,13 @@ class IdentityScore:
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "detection_rate": self.detection_rate, "similarity": self.similarity,
                 "near_copies": self.near_copies, "score": self.score,
-                "samples": [s.__dict__ for s in self.samples]}
+                "samples": [dict(s.__dict__) for s in self.samples]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IdentityScore":
+        return cls(step=int(d["step"]), samples=tuple(SampleScore(**s) for s in d["samples"]),
+                   detection_rate=float(d["detection_rate"]), similarity=d["similarity"],
+                   near_copies=int(d["near_copies"]), score=d["score"])
 
 
 def fill_prompts(prompts: Sequence[str], trigger: str) -> list[str]:

@@ -289,8 +289,13 @@ def test_best_identity_step_is_named_and_exported(dataset, cache_dir, tmp_path, 
     from persona_ml.training.export import read_lora_metadata
 
     monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
-    result = jobmod.train_lora(_cfg(cache_dir, "samples.every=4", "checkpoint.every=8"), dataset, tmp_path,
-                               profile=_StepProfile(), face_embedder=_PathEmbedder())
+    cfg = _cfg(cache_dir, "samples.every=4", "checkpoint.every=8")
+    job = jobmod.TrainingJob(cfg, dataset, tmp_path, profile=_StepProfile(), face_embedder=_PathEmbedder(),
+                             on_event=lambda e: job.cancel() if (e.kind == "step" and e.step == 5) else None)
+    assert job.run().status is JobStatus.CANCELLED   # step 4's samples were scored before the stop
+    result = jobmod.train_lora(cfg, dataset, tmp_path, profile=_StepProfile(), face_embedder=_PathEmbedder(),
+                               resume=True)
+    assert result.resumed_from == 5
     assert [(s.step, s.score) for s in result.identity] == [(4, pytest.approx(0.9)), (8, pytest.approx(0.5))]
     assert result.best_step == 4 and result.best_lora_path == tmp_path / "best" / "pytorch_lora_weights.safetensors"
     assert read_lora_metadata(result.best_lora_path).steps == 4 and read_lora_metadata(result.lora_path).steps == 8
