@@ -1,0 +1,66 @@
+"""``persona-ml eval``: identity report of a LoRA (prompt suite, contact sheet, plots, report.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="identity report of a LoRA over a fixed prompt suite",
+                       description="Generate the prompt suite (portrait, half body, low light, golden hour, group) "
+                                   "with the LoRA, score identity against the profile, write report.json, "
+                                   "contact_sheet.png and plots to --out; print the summary as JSON.")
+    p.add_argument("--base-model", default="tiny-flux")
+    p.add_argument("--base-path", default=None)
+    p.add_argument("--lora", required=True, help="LoRA file or export folder")
+    p.add_argument("--profile", default=None, help="character FaceProfile (without it nothing is scored)")
+    p.add_argument("--face-backend", default="dlib", choices=("dlib", "insightface"))
+    p.add_argument("--face-model-dir", default=None)
+    p.add_argument("--trigger", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--guidance", type=float, default=3.5)
+    p.add_argument("--max-sequence-length", type=int, default=512)
+    p.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH",
+                   help="a checkpoint LoRA to score (repeatable)")
+    p.add_argument("--losses", default=None, help="JSON file with a list of per-step losses")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-unverified", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..eval.report import evaluate_lora
+    from ..models import load_base_model
+
+    checkpoints = []
+    for item in args.checkpoint:
+        step, sep, path = item.partition("=")
+        if not sep or not step.isdigit():
+            raise InputError(f"--checkpoint takes STEP=PATH, got {item!r}", field="checkpoint", value=item)
+        checkpoints.append((int(step), path))
+    losses = json.loads(Path(args.losses).read_text()) if args.losses else []
+    profile = embedder = None
+    if args.profile:
+        from ..faces.embedder import FaceEmbedder
+        from ..faces.profile import FaceProfile
+
+        profile = FaceProfile.load(args.profile)
+        embedder = FaceEmbedder(args.face_backend, model_dir=args.face_model_dir)
+    lora = Path(args.lora)
+    if lora.is_dir():
+        lora = lora / "pytorch_lora_weights.safetensors"
+    base = load_base_model(args.base_model, dtype=args.dtype, device=args.device, path=args.base_path)
+    report = evaluate_lora(lora, base=base, out_dir=args.out, profile=profile, embedder=embedder,
+                           trigger=args.trigger, seeds=args.seeds, height=args.height, width=args.width,
+                           steps=args.steps, guidance=args.guidance, max_sequence_length=args.max_sequence_length,
+                           checkpoints=checkpoints, losses=losses, require_base_fingerprint=not args.allow_unverified)
+    print(json.dumps({"summary": report.summary(), "files": report.files}))
+    return 0
