@@ -301,3 +301,31 @@ def test_best_identity_step_is_named_and_exported(dataset, cache_dir, tmp_path, 
     assert read_lora_metadata(result.best_lora_path).steps == 4 and read_lora_metadata(result.lora_path).steps == 8
     best, final = load_file(str(result.best_lora_path)), load_file(str(result.lora_path))
     assert any(not torch.equal(best[k], final[k]) for k in final)   # step 4's weights, not a copy of the final
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_lora.py"
+    spec = importlib.util.spec_from_file_location("train_lora_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_trains_and_refuses_rule_violations(dataset, cache_dir, tmp_path, capsys):
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        main = _script().main
+        common = ["--config", "tiny-cpu", "--images", str(dataset.root), "--quiet",
+                  "--set", f"cache.dir={cache_dir}", "--set", "steps=2", "--set", "samples.every=-1"]
+        assert main([*common, "--output", str(tmp_path / "ok")]) == 0
+        assert "status: completed" in capsys.readouterr().out
+        assert (tmp_path / "ok" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        assert main([*common, "--output", str(tmp_path / "refused"), "--set", "rules.mode=enforce"]) == 2
+        err = capsys.readouterr().err
+        assert "lora_rules_violation" in err and "steps_too_low" in err
+        assert not (tmp_path / "refused" / "config.resolved.yaml").exists()   # stopped before anything ran
+    finally:
+        signal.signal(signal.SIGTERM, previous)
