@@ -25,6 +25,7 @@ _LAZY = {
     "load_base_model": "persona_ml.models.base_models",
     "list_base_models": "persona_ml.models.base_models",
     "fingerprint_flux_dir": "persona_ml.models.base_models",
+    "check_flux_dev_dir": "persona_ml.models.base_models",
 }
 
 __all__ = sorted(_LAZY)

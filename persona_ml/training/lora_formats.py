@@ -131,6 +131,20 @@ class ModuleLora:
         return self.scale * (self.B.float() @ self.A.float())
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
+
+
+def _strip_wrappers(name: str) -> str:
+    """Drop DDP (``module.``), torch.compile (``_orig_mod.``) and PeftModel prefixes."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name
+
+
 def kohya_name(module: str) -> tuple[str, int, int]:
     """Map a diffusers module path to ``(kohya module name, part index, parts)``.
 
@@ -218,7 +232,7 @@ def lora_target_modules(transformer, targets: Iterable[str] = DEFAULT_LORA_TARGE
     if check_exportable:
         for name in sorted(chosen):
             try:
-                kohya_name(name)
+                kohya_name(_strip_wrappers(name))
             except ArtifactError as exc:
                 raise ConfigError(exc.message, code="lora_module_unmappable", field="lora.targets", value=name) from exc
     return sorted(chosen)
@@ -240,7 +254,6 @@ def extract_peft_lora(transformer, adapter_name: str | None = None) -> dict[str,
             (``lora_adapter_ambiguous``), or DoRA (``lora_format_unsupported``).
     """
     out: dict[str, ModuleLora] = {}
-    prefix_strip = ("base_model.model.",)
     for name, module in transformer.named_modules():
         lora_a = getattr(module, "lora_A", None)
         if lora_a is None or not hasattr(lora_a, "keys") or not len(lora_a):
@@ -257,10 +270,7 @@ def extract_peft_lora(transformer, adapter_name: str | None = None) -> dict[str,
         if getattr(module, "use_dora", {}).get(adapter, False):
             raise ArtifactError(f"{name}: DoRA adapters cannot be exported as plain LoRA",
                                 code="lora_format_unsupported", field="module", value=name)
-        for p in prefix_strip:
-            if name.startswith(p):
-                name = name[len(p):]
-        out[name] = ModuleLora(
+        out[_strip_wrappers(name)] = ModuleLora(
             A=lora_a[adapter].weight.detach().to("cpu").contiguous().clone(),
             B=module.lora_B[adapter].weight.detach().to("cpu").contiguous().clone(),
             scale=float(module.scaling[adapter]),

@@ -244,3 +244,16 @@ def test_state_dict_input_and_dtype(tmp_path, trained):
     assert back[m].A.dtype == torch.bfloat16 and back[m].scale == orig[m].scale == 2.0
     header = json.loads(__import__("safetensors").safe_open(str(a.diffusers_path), "pt").metadata()["lora_adapter_metadata"])
     assert header["transformer.r"] == 4 and header["transformer.lora_alpha"] == 8.0
+
+
+def test_wrapped_models_export_plain_module_names(tmp_path):
+    """A PeftModel / torch.compile / DDP prefix never leaks into the exported keys."""
+    from peft import get_peft_model
+
+    tr = build_tiny_flux_pipeline(seed=0).transformer
+    targets = lora_target_modules(tr, ["transformer_blocks.0.attn.to_q"])
+    wrapped = get_peft_model(tr, LoraConfig(r=2, lora_alpha=2, target_modules=targets))
+    assert lora_target_modules(wrapped, ["transformer_blocks.0.attn.to_q"]) == \
+        ["base_model.model.transformer_blocks.0.attn.to_q"]
+    exported = export_lora(wrapped, tmp_path / "lora", metadata=META)
+    assert exported.modules == ("transformer_blocks.0.attn.to_q",)
