@@ -105,6 +105,8 @@ class LoraMetadata:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool):
+            object.__setattr__(self, "alpha", float(self.alpha))  # same header bytes for 16 and 16.0
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise InputError(f"rank must be a positive integer, got {self.rank!r}", field="rank", value=self.rank)
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
@@ -220,7 +222,8 @@ def export_lora(
     Raises:
         ArtifactError: nothing to export (``lora_empty``), a module with no kohya equivalent
             (``lora_module_unmappable``), a DoRA adapter (``lora_format_unsupported``).
-        InputError: ``out_dir`` holds files other than a previous export (``export_dir_not_empty``).
+        InputError: ``out_dir`` holds files other than a previous export (``export_dir_not_empty``),
+            or ``metadata.rank`` is not the LoRA's (largest) rank (``lora_metadata_mismatch``).
     """
     if isinstance(lora, Mapping):
         values = list(lora.values())
@@ -233,6 +236,11 @@ def export_lora(
     if dtype is not None:
         loras = {m: ModuleLora(lo.A.to(dtype), lo.B.to(dtype), lo.scale) for m, lo in loras.items()}
 
+    ranks = sorted({lo.rank for lo in loras.values()})
+    if ranks[-1] != metadata.rank:
+        raise InputError(f"metadata.rank is {metadata.rank} but the LoRA's rank is {ranks[-1]} "
+                         f"(module ranks {ranks})", code="lora_metadata_mismatch", field="rank",
+                         value=metadata.rank, actual=ranks[-1])
     out_dir = Path(out_dir)
     if out_dir.exists():
         foreign = sorted(p.name for p in out_dir.iterdir() if not _EXPORT_FILES.match(p.name))

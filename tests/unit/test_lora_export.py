@@ -135,7 +135,7 @@ def test_metadata_errors(tmp_path):
 
 
 def test_unmappable_module_fails_loudly_before_writing(tmp_path):
-    ok = ModuleLora(torch.ones(2, 8), torch.ones(8, 2), 1.0)
+    ok = ModuleLora(torch.ones(4, 8), torch.ones(8, 4), 1.0)
     for module in ["transformer_blocks.0.attn.to_qkv_fused", *TOP_LEVEL]:
         with pytest.raises(ArtifactError) as err:
             export_lora({"transformer_blocks.0.attn.to_q": ok, module: ok}, tmp_path / "lora", metadata=META)
@@ -252,8 +252,11 @@ def test_wrapped_models_export_plain_module_names(tmp_path):
 
     tr = build_tiny_flux_pipeline(seed=0).transformer
     targets = lora_target_modules(tr, ["transformer_blocks.0.attn.to_q"])
-    wrapped = get_peft_model(tr, LoraConfig(r=2, lora_alpha=2, target_modules=targets))
+    wrapped = get_peft_model(tr, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     assert lora_target_modules(wrapped, ["transformer_blocks.0.attn.to_q"]) == \
         ["base_model.model.transformer_blocks.0.attn.to_q"]
     exported = export_lora(wrapped, tmp_path / "lora", metadata=META)
     assert exported.modules == ("transformer_blocks.0.attn.to_q",)
+    with pytest.raises(InputError) as err:  # provenance must describe the weights
+        export_lora(wrapped, tmp_path / "lora2", metadata=LoraMetadata(**{**META.__dict__, "rank": 16}))
+    assert err.value.code == "lora_metadata_mismatch" and err.value.details["actual"] == 4
