@@ -19,7 +19,6 @@ Exit status 0 when every step ran with a finite loss, 1 otherwise, 2 without a u
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys

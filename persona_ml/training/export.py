@@ -292,6 +292,8 @@ def _safetensors_bytes(tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[
     """
     import struct
 
+    import torch
+
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
     chunks = []
     offset = 0
@@ -301,19 +303,13 @@ def _safetensors_bytes(tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[
         if dtype not in _ST_DTYPES:
             raise ArtifactError(f"cannot store dtype {dtype} of {name}", code="lora_format_unsupported",
                                 field=name, value=dtype)
-        data = t.reshape(-1).view(torch_uint8()).numpy().tobytes()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
         header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
     raw += b" " * (-(8 + len(raw)) % 8)
     return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
 
 
 def _lora_file(path: str | os.PathLike) -> Path:
