@@ -89,6 +89,12 @@ class CharacterGenerator:
         face_embedder: a ``FaceEmbedder`` for identity scoring (``None``: images are not scored).
         ip_adapter: an ``IPAdapterSpec`` enabling the ``ip_adapter`` tier.
         require_base_fingerprint: refuse LoRAs whose metadata names no base fingerprint.
+        swap: how a LoRA enters the slot: ``"diffusers"`` calls ``load_lora_adapter(...,
+            hotswap=True)`` (PEFT's ``hotswap_adapter_from_state_dict``); ``"direct"`` (default)
+            does the same in-place copies (zero-padded to the slot rank, other slot modules zeroed)
+            from a precomputed parameter map, without diffusers' per-call state-dict walks: the
+            same tensors end up in the same storage, so images are identical and a compiled
+            transformer does not recompile either way.
 
     Raises:
         InputError: bad arguments. BackendUnavailableError: peft missing.
@@ -97,7 +103,8 @@ class CharacterGenerator:
     def __init__(self, base: Any, *, base_fingerprint: str | None = None, max_rank: int = 64,
                  memory_budget_bytes: int = 2 << 30, slot_targets: Sequence[str] | None = None,
                  compile: bool = False, compile_kwargs: dict[str, Any] | None = None, face_embedder: Any = None,
-                 ip_adapter: IPAdapterSpec | None = None, require_base_fingerprint: bool = True) -> None:
+                 ip_adapter: IPAdapterSpec | None = None, require_base_fingerprint: bool = True,
+                 swap: str = "direct") -> None:
         pipe = getattr(base, "pipeline", base)
         if not hasattr(pipe, "transformer") or not hasattr(pipe, "load_lora_weights"):
             raise InputError("base must be a LoadedBaseModel or a diffusers FluxPipeline",
@@ -105,6 +112,8 @@ class CharacterGenerator:
         if isinstance(max_rank, bool) or not isinstance(max_rank, int) or not 1 <= max_rank <= 1024:
             raise InputError(f"max_rank must be an integer in [1, 1024], got {max_rank!r}", field="max_rank",
                              value=max_rank)
+        if swap not in ("direct", "diffusers"):
+            raise InputError(f"swap must be 'direct' or 'diffusers', got {swap!r}", field="swap", value=swap)
         if not isinstance(memory_budget_bytes, int) or memory_budget_bytes < 0:
             raise InputError(f"memory_budget_bytes must be >= 0, got {memory_budget_bytes!r}",
                              field="memory_budget_bytes", value=memory_budget_bytes)
@@ -123,6 +132,7 @@ class CharacterGenerator:
         self.max_rank = max_rank
         self.memory_budget_bytes = memory_budget_bytes
         self.require_base_fingerprint = require_base_fingerprint
+        self.swap = swap
         self.face_embedder = face_embedder
         self.transformer = pipe.transformer
         self.dtype = self.transformer.dtype
@@ -138,6 +148,8 @@ class CharacterGenerator:
         self._active_sha: str | None = None
         self._scale: float | None = None
         self._tier: str = "lora"
+        self._slot_params: dict[str, Any] | None = None
+        self._slot_dirty: set[str] = set()
 
         self.modules = linear_modules(self.transformer)  # before any PEFT wrapping
         self._base_param_names = frozenset(n for n, _ in self.transformer.named_parameters())
@@ -181,6 +193,7 @@ class CharacterGenerator:
             # A previous generator's slot on the same pipeline: reuse it (its weights are overwritten on use).
             self._lora_layers = [m for m in self.transformer.modules()
                                  if isinstance(m, LoraLayer) and SLOT_ADAPTER in m.scaling]
+            self._slot_dirty = set(self.slot_targets)
             self._set_scale(0.0)
             return
         sd = {}
@@ -327,8 +340,36 @@ class CharacterGenerator:
             return lora
 
     def _swap_in(self, lora: ValidatedLora) -> None:
-        self.transformer.load_lora_adapter(dict(lora.state_dict), adapter_name=SLOT_ADAPTER, prefix=None,
-                                           hotswap=True, metadata=lora.peft_metadata())
+        if self.swap == "diffusers":
+            self.transformer.load_lora_adapter(dict(lora.state_dict), adapter_name=SLOT_ADAPTER, prefix=None,
+                                               hotswap=True, metadata=lora.peft_metadata())
+            self._slot_dirty = set(self.slot_targets)
+            return
+        import torch
+
+        if self._slot_params is None:
+            self._slot_params = {}
+            for name, module in self.transformer.named_modules():
+                if name in self.modules and hasattr(module, "lora_A") and SLOT_ADAPTER in module.lora_A:
+                    self._slot_params[name] = (module.lora_A[SLOT_ADAPTER].weight, module.lora_B[SLOT_ADAPTER].weight)
+        targets = set(lora.target_modules)
+        sd = lora.state_dict
+        with torch.no_grad():
+            for m in self._slot_dirty - targets:
+                a_slot, b_slot = self._slot_params[m]
+                a_slot.zero_()
+                b_slot.zero_()
+            for m in lora.target_modules:
+                a_slot, b_slot = self._slot_params[m]
+                a, b = sd[f"{m}.lora_A.weight"], sd[f"{m}.lora_B.weight"]
+                r = a.shape[0]
+                a_slot[:r].copy_(a, non_blocking=True)
+                b_slot[:, :r].copy_(b, non_blocking=True)
+                if r < a_slot.shape[0]:
+                    a_slot[r:].zero_()
+                    b_slot[:, r:].zero_()
+        self._scale = None  # canonical LoRAs have scaling 1: _set_scale writes the request's into every layer
+        self._slot_dirty = targets
 
     def _set_scale(self, scale: float) -> None:
         scale = float(scale)

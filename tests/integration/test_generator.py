@@ -168,6 +168,17 @@ def test_lru_cache_evicts_by_bytes(setup):
     assert gen.cache_stats().loads_disk == 3
 
 
+def test_direct_swap_matches_diffusers_hotswap(setup):
+    base, gen, loras, _ = setup
+    assert gen.swap == "direct"
+    ref = {cid: render(gen, cid, seeds=(9,))[0] for cid in ("A", "B")}
+    slow = CharacterGenerator(base, max_rank=8, swap="diffusers")  # reuses the same slot on the same pipeline
+    for cid in ("A", "B"):
+        slow.register(Character(cid, lora_path=loras[cid].diffusers_path, trigger="ohwx"))
+    for cid in ("B", "A", "B"):
+        assert np.array_equal(render(slow, cid, seeds=(9,))[0], ref[cid])
+
+
 _COMPILE_CHECK = """
 import sys, numpy as np, torch, torch._dynamo
 from torch._dynamo.utils import counters
