@@ -38,7 +38,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    from persona_ml.inference import Character, CharacterGenerator
     from persona_ml.inference.testing import make_random_lora
     from persona_ml.models import TinyFluxConfig, build_tiny_flux_pipeline, tiny_flux_fingerprint
 
@@ -68,7 +67,32 @@ def main(argv=None) -> int:
     pipe.unload_lora_weights()
     gc.collect()
 
-    gen = CharacterGenerator(pipe, base_fingerprint=fp, max_rank=max(16, args.rank))
+    results = {}
+    for swap in ("diffusers", "direct"):
+        results[swap] = run_generator(pipe, fp, loras, args, swap)
+        gc.collect()
+
+    def ms(xs):
+        return f"median {statistics.median(xs) * 1e3:.2f} ms, p90 {sorted(xs)[int(0.9 * len(xs))] * 1e3:.2f} ms"
+
+    print(f"baseline unload_lora_weights()+load_lora_weights(path): {ms(base_times)} over {len(base_times)} switches")
+    ok = len({r[4][1] for r in results.values()}) == 1
+    for swap, (cold, warm, rss0, rss1, (intact, _)) in results.items():
+        ratio = statistics.median(base_times) / statistics.median(warm)
+        print(f"[swap={swap}] cold switch (validate + cache + slot): {ms(cold)}")
+        print(f"[swap={swap}] warm switch (CPU cache -> slot): {ms(warm)} over {len(warm)} switches; "
+              f"speed-up vs baseline {ratio:.1f}x (median latency ratio)")
+        print(f"[swap={swap}] RSS over {len(warm)} switches: {rss0:.1f} MB -> {rss1:.1f} MB ({rss1 - rss0:+.1f} MB); "
+              f"base weights unchanged: {intact}")
+        ok = ok and intact
+    print(f"same base checksum in both runs: {len({r[4][1] for r in results.values()}) == 1}")
+    return 0 if ok else 1
+
+
+def run_generator(pipe, fp, loras, args, swap):
+    from persona_ml.inference import Character, CharacterGenerator
+
+    gen = CharacterGenerator(pipe, base_fingerprint=fp, max_rank=max(16, args.rank), swap=swap)
     for i, lo in enumerate(loras):
         gen.register(Character(f"c{i}", lora_path=lo.diffusers_path))
     cold = []
@@ -89,18 +113,7 @@ def main(argv=None) -> int:
     gc.collect()
     rss1 = rss_mb()
     intact = gen.base_checksum() == checksum
-
-    def ms(xs):
-        return f"median {statistics.median(xs) * 1e3:.2f} ms, p90 {sorted(xs)[int(0.9 * len(xs))] * 1e3:.2f} ms"
-
-    print(f"baseline unload_lora_weights()+load_lora_weights(path): {ms(base_times)} over {len(base_times)} switches")
-    print(f"CharacterGenerator cold switch (validate + cache + hotswap): {ms(cold)}")
-    print(f"CharacterGenerator warm switch (CPU cache -> slot): {ms(warm)} over {len(warm)} switches")
-    ratio = statistics.median(base_times) / statistics.median(warm)
-    print(f"speed-up warm vs baseline: {ratio:.1f}x (median latency ratio)")
-    print(f"RSS over {len(warm)} switches: {rss0:.1f} MB -> {rss1:.1f} MB ({rss1 - rss0:+.1f} MB); "
-          f"base weights unchanged: {intact}")
-    return 0 if intact else 1
+    return cold, warm, rss0, rss1, (intact, checksum)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ class CharacterGenerator:
         self._slot_dirty: set[str] = set()
 
         self.modules = linear_modules(self.transformer)  # before any PEFT wrapping
-        self._base_param_names = frozenset(n for n, _ in self.transformer.named_parameters())
+        self._base_param_names = frozenset(
+            n.replace(".base_layer.", ".") for n, _ in self.transformer.named_parameters()
+            if "lora_" not in n and ".processor." not in n and not n.startswith("encoder_hid_proj"))
         targets = sorted(self.modules) if slot_targets is None else list(slot_targets)
         unknown = [t for t in targets if t not in self.modules]
         if unknown or not targets:
