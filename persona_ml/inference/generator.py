@@ -298,6 +298,10 @@ class CharacterGenerator:
             raise LoraValidationError(
                 f"{path.name} changes {len(outside)} module(s) outside this generator's slot_targets: "
                 f"{', '.join(outside[:5])}", code="lora_unused_keys", field="target_modules", value=outside[:20])
+        if self.device.type == "cuda":  # pinned host memory: the slot copy runs as an async DMA
+            import dataclasses
+
+            lora = dataclasses.replace(lora, state_dict={k: v.pin_memory() for k, v in lora.state_dict.items()})
         self._stats["loads_disk"] += 1
         self._memory[character.id] = _MemEntry(lora, stat)
         self._memory_bytes += lora.nbytes

@@ -247,3 +247,59 @@ def test_identity_flags_on_real_photos(tom, insightface_images):
     assert "identity_low" in checks[2].flags
     assert checks[3].flags == ("no_face",) and checks[3].similarity is None
     assert rank_best_of(checks)[0] == 0 and rank_best_of(checks, keep=2)[0] == 0
+
+
+def _side_by_side(paths, height=400):
+    from PIL import Image
+
+    tiles = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        tiles.append(im.resize((round(im.width * height / im.height), height)))
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 40 * (len(tiles) - 1), height), "white")
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, 0))
+        x += t.width + 40
+    return sheet
+
+
+def test_identity_bleeding_with_distinct_photos(shared_faces, faces_manifest):
+    """Two different photos of the character in one image are bleeding; the character beside a stranger is not."""
+    from persona_ml.faces import FaceEmbedder, FaceProfile
+    from persona_ml.inference import score_images
+
+    rows = [r for r in faces_manifest if r["identity"] == "angelina" and not r["near_duplicate"]]
+    photos = [shared_faces / r["path"] for r in rows]
+    if len(photos) < 5:
+        pytest.skip("needs 5 distinct photos of one identity in ../shared/faces")
+    stranger = next(shared_faces / r["path"] for r in faces_manifest if r["identity"] == "deepface_p03")
+    embedder = FaceEmbedder("dlib")
+    profile = FaceProfile.build([embedder.embed_primary(p) for p in photos[:3]])
+    two_of_her = _side_by_side([photos[3], photos[4]])
+    her_and_stranger = _side_by_side([photos[3], stranger])
+    bleed, single = score_images([two_of_her, her_and_stranger], profile, embedder)
+    assert bleed.num_faces == 2 and bleed.matching_faces == 2 and "identity_bleeding" in bleed.flags
+    assert single.num_faces == 2 and single.matching_faces == 1 and single.flags == ()
+
+
+def test_requests_and_characters_are_checked_up_front():
+    from persona_ml.inference import IdentityCheck, rank_best_of
+
+    for bad in (dict(seeds=[]), dict(seeds=[-1]), dict(seeds=[1.5]), dict(height=50), dict(lora_scale=9.0),
+                dict(tier="magic"), dict(steps=0), dict(keep=3), dict(prompt=" ")):
+        kw = {"character_id": "a", "prompt": "p", "seeds": [1, 2], **bad}
+        with pytest.raises(InputError) as exc:
+            GenerationRequest(**kw)
+        assert exc.value.details["field"] in bad
+    with pytest.raises(InputError):
+        Character("bad id/../x")
+    assert Character("x", lora_path="a.safetensors", reference_image="r.png").face_consistency_tier == "lora"
+    assert Character("x", reference_image="r.png").face_consistency_tier == "ip_adapter"
+    assert Character("x").face_consistency_tier is None
+    ok = IdentityCheck(0.9, 1, 1, 0.8)
+    low = IdentityCheck(0.95, 2, 2, 0.8, ("identity_bleeding",))
+    none = IdentityCheck(None, 0, 0, 0.8, ("no_face",))
+    better = IdentityCheck(0.93, 1, 1, 0.8)
+    assert rank_best_of([ok, low, none, better]) == (3, 0, 1, 2)
+    assert rank_best_of([ok, low, none, better], keep=1) == (3,)
