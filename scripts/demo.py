@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         elif ev.kind == "checkpoint":
             print(f"  checkpoint at step {ev.step}: {ev.checkpoint}", flush=True)
         elif ev.kind == "samples":
-            print(f"  samples at step {ev.step}: {', '.join(Path(p).name for p in ev.sample_paths)} "
-                  f"identity: {ev.identity}", flush=True)
+            ident = ev.identity
+            note = "" if ident is None else (f" faces found {ident.detection_rate:.0%}, similarity "
+                                             f"{ident.similarity}, near-copies {ident.near_copies}")
+            print(f"  samples at step {ev.step}: {len(ev.sample_paths)} image(s){note}", flush=True)
         elif ev.kind == "status":
             print(f"  [{ev.status.value}] {ev.message}", flush=True)
 
@@ -140,11 +142,43 @@ def main(argv: list[str] | None = None) -> int:
                         profile=clean, face_embedder=embedder, on_event=on_event, overrides=overrides)
     print(result.summary())
 
-    if result.lora_path is not None and (Path(__file__).parent / "_demo_generate.py").exists():
-        sys.path.insert(0, str(Path(__file__).parent))
-        from _demo_generate import generate_and_evaluate  # noqa: E402
+    if result.lora_path is None:
+        print("training did not complete; stopping here")
+        return 1
+    print("exported files:")
+    for f in sorted(Path(result.lora_path).parent.iterdir()):
+        print(f"  {f.name:40s} {f.stat().st_size:>9,d} bytes")
 
-        generate_and_evaluate(result, clean, embedder, out, args.trigger, say)
+    say("7. generation: one base pipeline, the character's LoRA from the adapter cache")
+    from persona_ml.inference import Character, CharacterGenerator, GenerationRequest, score_images
+    from persona_ml.models import load_base_model
+
+    gen = CharacterGenerator(load_base_model("tiny-flux"), face_embedder=embedder)
+    gen.register(Character("astronaut", lora_path=result.lora_path, profile=clean, trigger=args.trigger))
+    before = gen.base_checksum()
+    res = gen.generate(GenerationRequest("astronaut", "a portrait photo of {trigger}", seeds=[0, 1, 2],
+                                         height=64, width=64, steps=4, max_sequence_length=32))
+    gen_dir = out / "generated"
+    gen_dir.mkdir(exist_ok=True)
+    for im in res.images:
+        im.image.save(gen_dir / f"seed{im.seed}.png")
+        print(f"  seed {im.seed}: identity {im.identity_score} flags {list(im.flags)} -> generated/seed{im.seed}.png")
+    print(f"tier {res.tier}; base weights unchanged by the LoRA: {gen.base_checksum() == before}")
+    print("(a random tiny model draws no faces, so every image is honestly flagged; the same scoring on real")
+    print(" photos:)")
+    for name, check in zip(["a character view", "the intruder"],
+                           score_images([photos[5]] + ([intruder] if intruder else []), clean, embedder)):
+        print(f"  {name:18s} similarity {check.similarity}  faces {check.num_faces}  flags {list(check.flags)}")
+
+    say("8. evaluation report")
+    from persona_ml.eval import evaluate_lora
+
+    ev = evaluate_lora(result.lora_path, base=gen, out_dir=out / "eval", profile=clean, embedder=embedder,
+                       seeds=(0, 1), height=64, width=64, steps=2, max_sequence_length=32, losses=result.losses)
+    for p in ev.prompts:
+        print(f"  {p.name:12s} faces {p.detection_rate:.0%}  similarity {p.mean_similarity}  "
+              f"bleeding {p.bleeding_rate:.0%}")
+    print(f"report, contact sheet and plots: {out / 'eval'}")
 
     say("done")
     print(f"everything is under {out} ({time.time() - t0:.0f} s)")
