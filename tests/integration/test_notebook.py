@@ -29,3 +29,4 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert (out / "eval" / "report.json").is_file() and (out / "eval" / "contact_sheet.png").is_file()
     assert (out / "eval" / "loss_curve.png").is_file()
+    assert (out / "eval" / "similarity_per_checkpoint.png").is_file()  # identity at steps 6 and 12
