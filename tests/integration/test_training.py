@@ -329,3 +329,12 @@ def test_script_trains_and_refuses_rule_violations(dataset, cache_dir, tmp_path,
         assert not (tmp_path / "refused" / "config.resolved.yaml").exists()   # stopped before anything ran
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_batches_and_accumulation_advance_the_seeded_data_order(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    result = jobmod.train_lora(_cfg(cache_dir, "steps=2", "checkpoint.every=2", "data.batch_size=2",
+                                    "data.gradient_accumulation=2"), dataset, tmp_path)
+    assert result.status is JobStatus.COMPLETED and all(np.isfinite(result.losses))
+    meta = json.loads((tmp_path / "checkpoints" / "step-000002" / "meta.json").read_text())
+    assert meta["position"] == {"epoch": 1, "index": 2}    # 2 steps x 2 micro-steps x 2 samples over 6 samples

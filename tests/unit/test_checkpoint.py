@@ -74,3 +74,19 @@ def test_corrupt_checkpoint_is_a_coded_error(tmp_path):
     with pytest.raises(TrainingError) as err:
         load_checkpoint(path)
     assert err.value.code == "checkpoint_invalid"
+
+
+def test_cache_keys_separate_models_sizes_and_captions_and_corrupt_entries_are_misses(tmp_path):
+    from persona_ml.training.cache import TensorCache, latent_key, text_key
+
+    base = latent_key("sha256:a", "img", (0, 0, 64, 64), 64, 64, 64)
+    assert base != latent_key("sha256:b", "img", (0, 0, 64, 64), 64, 64, 64)     # another base model
+    assert base != latent_key("sha256:a", "img", (0, 0, 64, 64), 64, 64, 32)     # another resolution
+    assert base != latent_key("sha256:a", "img", (1, 0, 64, 64), 64, 64, 64)     # another crop
+    assert text_key("sha256:a", "ohwx, smiling", 512) != text_key("sha256:a", "ohwx, smiling", 256)
+    cache = TensorCache(tmp_path)
+    t = torch.arange(6.0).reshape(2, 3)
+    path = cache.put("latents", base, {"latents": t})
+    assert torch.equal(cache.get("latents", base)["latents"], t)
+    path.write_bytes(b"truncated")
+    assert cache.get("latents", base) is None and not path.exists()

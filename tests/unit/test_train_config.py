@@ -64,3 +64,19 @@ def test_training_hash_ignores_cadence_but_not_what_is_trained():
     a = load_train_config("tiny-cpu")
     assert a.training_hash() == load_train_config("tiny-cpu", ["checkpoint.every=3", "samples.every=5"]).training_hash()
     assert a.training_hash() != load_train_config("tiny-cpu", ["optimizer.lr=2e-3"]).training_hash()
+
+
+def test_flux_shift_moves_noise_levels_up_for_bigger_images():
+    import torch
+
+    from persona_ml.training.config import NoiseConfig
+    from persona_ml.training.flux import flux_mu, sample_sigmas
+
+    assert flux_mu(256) == pytest.approx(0.5) and flux_mu(4096) == pytest.approx(1.15)
+    cfg = NoiseConfig()
+    small = sample_sigmas(cfg, 4000, 256, torch.Generator().manual_seed(0))     # 256 px
+    large = sample_sigmas(cfg, 4000, 4096, torch.Generator().manual_seed(0))    # 1024 px, same draws
+    assert 0 < float(small.min()) and float(large.max()) < 1
+    assert bool((large > small).all()) and float(large.mean()) > float(small.mean()) + 0.05
+    plain = sample_sigmas(NoiseConfig(timestep_sampling="sigmoid"), 4000, 4096, torch.Generator().manual_seed(0))
+    assert float(plain.mean()) == pytest.approx(0.5, abs=0.02)                  # logit-normal, no shift
