@@ -5,8 +5,7 @@ Public names resolve lazily (no torch/matplotlib import until used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "evaluate_lora": "persona_ml.eval.report",
@@ -23,9 +22,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'persona_ml.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

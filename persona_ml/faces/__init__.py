@@ -5,8 +5,7 @@ Heavy pieces load lazily: ``import persona_ml.faces`` imports neither dlib nor o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 from .types import FaceObservation, ModelProvenance, l2_normalize
 
@@ -26,10 +25,4 @@ _LAZY = {
 __all__ = ["FaceObservation", "ModelProvenance", "l2_normalize", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'persona_ml.faces' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -8,8 +8,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "CharacterGenerator": "persona_ml.inference.generator",
@@ -33,9 +32,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'persona_ml.inference' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

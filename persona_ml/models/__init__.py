@@ -11,8 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "TinyFluxConfig": "persona_ml.models.tiny_flux",
@@ -31,7 +30,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'persona_ml.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
