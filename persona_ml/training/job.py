@@ -77,7 +77,11 @@ class TrainingJob:
     def __init__(self, config: TrainConfig | str | os.PathLike, images: Any, output_dir: str | os.PathLike, *,
                  trigger: str | None = None, request: Any = None, profile: Any = None, face_embedder: Any = None,
                  resume: bool = False, on_event: EventCallback | None = None, overrides: Sequence[str] = ()) -> None:
-        self.config = config if isinstance(config, TrainConfig) else load_train_config(config, overrides)
+        if isinstance(config, TrainConfig):
+            config = load_train_config(config.to_dict(), overrides) if overrides else config
+        else:
+            config = load_train_config(config, overrides)
+        self.config = config
         self.images = images
         self.output_dir = Path(output_dir)
         self.trigger = trigger
