@@ -10,6 +10,12 @@
     <output>/best/                          the best-identity step's export, when it is not the last
     <output>/result.json                    TrainResult summary
 
+On a GPU with FLUX.1-dev (``persona-flux-dev``): the whole pipeline loads in bf16 (about 34 GB
+with T5-XXL), captions and photos are encoded once into the cache, then the text encoders and the
+VAE encoder are dropped, leaving the transformer (23.8 GB), the LoRA (fp32) and its optimizer
+state; gradient checkpointing keeps activations small. A 24 GB card needs a quantized base,
+which this trainer does not do; a 40 GB+ card (A100/H100/H200) fits as is.
+
 Determinism: the data order is a permutation seeded by ``(seed, epoch)``; caption dropout,
 timesteps and noise come from a generator seeded by ``(seed, step, micro-step, process)``, so a
 resumed run draws exactly what the uninterrupted run would have drawn, on any number of processes.
