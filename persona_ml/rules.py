@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,7 +316,7 @@ def check_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRule
     credits = request.credits
     if credits is not None:
         if not _is_number(credits):
-            violations.append(_type_violation("credits", credits, "a number", cost))
+            violations.append(_type_violation("credits", credits, "a finite number", cost))
         elif credits < cost:
             violations.append(RuleViolation(
                 "insufficient_credits", "credits", cost, credits,
@@ -358,7 +359,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (NaN compares false with every limit, so it would pass any check)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _type_violation(name: str, value: Any, expected: str, limit: Any) -> RuleViolation:

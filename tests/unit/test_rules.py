@@ -126,6 +126,13 @@ def test_credits_checked_against_config_cost():
     assert (short.violations[0].limit, short.violations[0].actual) == (500, 499)
 
 
+@pytest.mark.parametrize("credits", [float("nan"), float("inf")])
+def test_non_finite_credits_are_violations(credits):
+    # NaN < 500 is False: a NaN balance used to pass the credit check
+    result = check_lora_request(ok_request(credits=credits))
+    assert result.codes == ["invalid_type"] and result.violations[0].field == "credits"
+
+
 def test_credit_cost_comes_from_config(tmp_path):
     text = (config_dir() / "lora_rules.yaml").read_text()
     custom = tmp_path / "rules.yaml"
