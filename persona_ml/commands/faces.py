@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +60,22 @@ def _expand(paths: list[str]) -> list[str]:
     return out
 
 
+def _check_out_path(out: Path) -> None:
+    """Refuse ``--out`` when it, or the folder it goes in, cannot be written as a file."""
+    from ..errors import InputError
+
+    for path in (out.with_name(out.name + ".json"), out.with_name(out.name + ".safetensors")):
+        if path.is_dir():
+            raise InputError(f"--out {out}: {path} is a folder", field="out", value=str(out))
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"--out {out}: {parent} is a file, not a folder", field="out", value=str(out))
+            if not os.access(parent, os.W_OK):
+                raise InputError(f"--out {out}: cannot write in {parent}", field="out", value=str(out))
+            break
+
+
 def run_embed(args: argparse.Namespace) -> int:
     from ..cli import EXIT_BAD_INPUT, EXIT_OK
     from ..errors import PersonaMLError
@@ -99,6 +116,7 @@ def run_profile(args: argparse.Namespace) -> int:
     paths = [str(p) for p in list_images(folder)]
     if not paths:
         raise InputError(f"{folder} holds no images", code="profile_empty", field="folder", value=str(folder))
+    _check_out_path(Path(args.out))  # before the embedding work, which a failed save would lose
     embedder = _embedder(args)
     entries: list[dict] = []
     refs = []

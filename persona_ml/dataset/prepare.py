@@ -380,7 +380,14 @@ def check_trigger(trigger: Any) -> str:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an output path that is a file, or a non-empty folder that is not a prepared dataset."""
+    """Refuse an output path that is a file, lies under a file, or is a non-empty folder that is
+    not a prepared dataset (checked before any screening work, which would otherwise be lost)."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"output {out}: {parent} is a file, not a folder", field="out_dir",
+                                 value=str(out))
+            break
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder", field="out_dir", value=str(out))
     if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").is_file():

@@ -112,7 +112,8 @@ def test_prepare_without_override_violates_rules(case, capsys):
     assert "prepared " in text
 
 
-@pytest.mark.parametrize("what", ["no_folder", "no_profile", "bad_trigger", "bad_setting", "busy_out"])
+@pytest.mark.parametrize("what", ["no_folder", "no_profile", "bad_trigger", "bad_setting", "busy_out",
+                                  "out_under_a_file"])
 def test_prepare_bad_input_exit_2(case, what, capsys):
     root, photos, profile = case
     argv = ["prepare", str(photos), "--profile", str(profile), "--out", str(root / "out_e"), "--trigger", "ohwx"]
@@ -124,6 +125,9 @@ def test_prepare_bad_input_exit_2(case, what, capsys):
         argv[-1] = "a,b"
     elif what == "bad_setting":
         argv += ["--set", "prepare.max_upscle=2"]
+    elif what == "out_under_a_file":  # used to screen every photo, then die with a traceback
+        (root / "a_file").write_text("x")
+        argv[5] = str(root / "a_file" / "out")
     else:
         (root / "out_e").mkdir(exist_ok=True)
         (root / "out_e" / "keep.txt").write_text("not a dataset")

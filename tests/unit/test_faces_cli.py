@@ -98,3 +98,15 @@ def test_profile_of_a_folder_without_usable_faces(tmp_path, capsys):
     assert report["profile"] is None and report["images"][0]["error"]["code"] == "no_face"
     assert not (tmp_path / "p.json").exists()
     assert main(["profile", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_profile_out_under_a_file_is_refused_before_any_work(tmp_path, insightface_images, capsys, monkeypatch):
+    # used to embed every photo, then die with a NotADirectoryError traceback in save()
+    import persona_ml.commands.faces as faces_cmd
+
+    monkeypatch.setattr(faces_cmd, "_embedder", lambda args: pytest.fail("embedder built before --out was checked"))
+    (tmp_path / "afile").write_text("x")
+    rc = main(["profile", str(insightface_images), "--out", str(tmp_path / "afile" / "sub" / "p"), "--json"])
+    assert rc == 2
+    err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
+    assert err["code"] == "invalid_input" and err["details"]["field"] == "out"
