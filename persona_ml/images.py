@@ -60,6 +60,20 @@ class ImageLimits:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ImageError(f"ImageLimits.{name} must be a positive integer, got {value!r}",
                                  code="invalid_input", field=name, value=value)
+        formats = self.allowed_formats
+        if formats is not None and (isinstance(formats, (str, bytes)) or not formats
+                                    or not all(isinstance(f, str) and f for f in formats)):
+            # a bare "PNG" would be read as the formats "P", "N", "G" and refuse every image
+            raise ImageError(f"ImageLimits.allowed_formats must be a non-empty sequence of format names "
+                             f"such as ('JPEG', 'PNG'), got {formats!r}", code="invalid_input",
+                             field="allowed_formats", value=repr(formats))
+        pillow_cap = _pillow_pixel_cap()
+        if pillow_cap is not None and self.max_pixels > pillow_cap:
+            # Pillow refuses anything above 2 x Image.MAX_IMAGE_PIXELS itself, before our check
+            raise ImageError(f"ImageLimits.max_pixels {self.max_pixels} is above Pillow's own decompression-bomb "
+                             f"limit of {pillow_cap} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS), which would refuse "
+                             "those images anyway; raise PIL.Image.MAX_IMAGE_PIXELS first",
+                             code="invalid_input", field="max_pixels", value=self.max_pixels, limit=pillow_cap)
 
     def formats(self) -> tuple[str, ...]:
         if self.allowed_formats is not None:
@@ -312,6 +326,14 @@ def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
     digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
     return LoadedImage(pixels=pixels, sha256=digest, format="pil", source=label, original_mode=mode,
                        n_frames=int(getattr(img, "n_frames", 1) or 1))
+
+
+def _pillow_pixel_cap() -> int | None:
+    """Pixels above which ``Image.open`` raises ``DecompressionBombError`` (``None``: no cap)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
 def _plugin_available(fmt: str) -> bool:

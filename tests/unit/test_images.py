@@ -97,6 +97,25 @@ def test_pixel_limit_is_ours_and_configurable():
     assert load_image(small, ImageLimits(max_pixels=64 * 48)).size == (64, 48)
 
 
+@pytest.mark.parametrize("formats", ["PNG", (), ("PNG", 3)])
+def test_malformed_allowed_formats_are_refused(formats):
+    # allowed_formats="PNG" used to mean the formats "P", "N", "G": every image was then refused
+    with pytest.raises(ImageError) as exc:
+        ImageLimits(allowed_formats=formats)
+    assert exc.value.code == "invalid_input" and exc.value.details["field"] == "allowed_formats"
+
+
+def test_pixel_limit_above_pillows_own_cap_is_refused_at_configuration():
+    # Pillow refuses > 2 x MAX_IMAGE_PIXELS in Image.open: a larger configured limit could never take effect
+    from PIL import Image
+
+    cap = 2 * Image.MAX_IMAGE_PIXELS
+    assert ImageLimits(max_pixels=cap).max_pixels == cap
+    with pytest.raises(ImageError) as exc:
+        ImageLimits(max_pixels=cap + 1)
+    assert exc.value.details["field"] == "max_pixels" and exc.value.details["limit"] == cap
+
+
 def test_ten_by_ten_is_image_too_small():
     data = _encode(Image.new("RGB", (10, 10), (200, 10, 10)), "PNG")
     with pytest.raises(ImageError) as info:
