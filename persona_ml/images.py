@@ -173,7 +173,11 @@ def _read_bytes(source, limits: ImageLimits, name: str | None) -> tuple[bytes, s
         data = bytes(source)
         label = name or f"<{len(data)} bytes>"
     elif hasattr(source, "read"):
-        data = source.read(limits.max_bytes + 1)
+        try:
+            data = source.read(limits.max_bytes + 1)
+        except (OSError, ValueError) as exc:  # a closed file, a broken upload stream
+            raise ImageError(f"{name or getattr(source, 'name', None) or '<file object>'}: cannot read: {exc}",
+                             code="image_unreadable", field="image", value=type(source).__name__) from exc
         if isinstance(data, str):
             raise ImageError("file object must be opened in binary mode", code="invalid_input",
                              field="image", value=type(source).__name__)

@@ -158,6 +158,21 @@ def test_missing_file_is_image_unreadable(tmp_path):
     assert _code(tmp_path / "nope.jpg") == "image_unreadable"
 
 
+def test_unreadable_file_object_is_a_coded_error():
+    # a closed or broken upload stream used to escape as a bare ValueError / OSError
+    closed = io.BytesIO(b"\x89PNG")
+    closed.close()
+
+    class Broken(io.RawIOBase):
+        def read(self, size=-1):
+            raise OSError("connection reset")
+
+    for source in (closed, Broken()):
+        with pytest.raises(ImageError) as exc:
+            load_image(source)
+        assert exc.value.code == "image_unreadable"
+
+
 def test_byte_limit(tmp_path):
     data = _encode(Image.fromarray(_gradient()), "PNG")
     assert _code(data, ImageLimits(max_bytes=len(data) - 1)) == "image_too_large"
