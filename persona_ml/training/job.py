@@ -145,7 +145,8 @@ class TrainingJob:
 
         Raises:
             LoraRuleError: the request breaks the rules (before any model is loaded).
-            TrainingError: ``training_nan_loss`` (non-finite loss), ``checkpoint_invalid``.
+            TrainingError: ``training_nan_loss`` (non-finite loss), ``checkpoint_invalid``,
+                ``device_unavailable`` (``device: cuda`` without a CUDA device, before any model is loaded).
             PersonaMLError: dataset or model errors.
         """
         result = TrainResult(status=self.status, output_dir=self.output_dir)
@@ -175,7 +176,14 @@ class TrainingJob:
 
         from accelerate import Accelerator
 
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            # accelerate would silently train on the CPU (hours to days for FLUX.1-dev): refuse instead
+            raise TrainingError("device is 'cuda' but torch sees no CUDA device (torch.cuda.is_available() is "
+                                "False); check the driver/CUDA build of torch, or set device=auto or cpu",
+                                code="device_unavailable", field="device", value=cfg.device)
         use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        if use_cpu and cfg.device == "auto" and cfg.base_model != "tiny-flux":
+            log.warning("device=auto found no CUDA device: training %s on the CPU", cfg.base_model)
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
         accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu and mixed == "fp16" else mixed)
         is_main = accelerator.is_main_process

@@ -225,6 +225,18 @@ def test_rule_violation_stops_before_any_model_is_loaded(dataset, cache_dir, tmp
     assert {"too_few_images", "steps_too_low", "rank_too_low"} <= set(err.value.details["codes"])
 
 
+
+def test_device_cuda_without_cuda_fails_before_loading_instead_of_training_on_cpu(dataset, cache_dir, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loader = TinyLoader()
+    monkeypatch.setattr(jobmod, "_load_base_model", loader)
+    job = jobmod.TrainingJob(_cfg(cache_dir, "device=cuda"), dataset, tmp_path)
+    with pytest.raises(TrainingError) as err:
+        job.run()
+    assert err.value.code == "device_unavailable" and err.value.details["field"] == "device"
+    assert loader.calls == 0 and job.status is JobStatus.FAILED
+
 class _Obs:
     def __init__(self, emb, size=50.0):
         self.embedding = np.asarray(emb, dtype=np.float32)
