@@ -64,6 +64,11 @@ class CreditRules:
     default_cost: int = 500
     per_plan: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in {"default_cost": self.default_cost, **self.per_plan}.items() if v < 0}
+        if bad:
+            raise ValueError(f"credit costs must be >= 0, got {bad}")
+
     def cost_for(self, plan: Any) -> int:
         return int(self.per_plan.get(plan, self.default_cost)) if isinstance(plan, str) else self.default_cost
 
@@ -348,7 +353,9 @@ def enforce_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRu
 def check_image_count(num_images: int, rules: LoraRules | None = None) -> tuple[RuleViolation, ...]:
     """Only the image-count rule (used by dataset screening, which knows no plan)."""
     rules = rules or load_rules()
-    probe = check_lora_request(LoraRequest(plan=rules.plans_allowed[0], num_images=num_images), rules)
+    # any plan will do: only the num_images violations are kept (an empty plans_allowed is valid)
+    plan = rules.plans_allowed[0] if rules.plans_allowed else ""
+    probe = check_lora_request(LoraRequest(plan=plan, num_images=num_images), rules)
     return tuple(v for v in probe.violations if v.field == "num_images")
 
 

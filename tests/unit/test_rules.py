@@ -142,6 +142,21 @@ def test_credit_cost_comes_from_config(tmp_path):
     assert check_lora_request(ok_request(plan="pro"), rules).credit_cost == 500
 
 
+def test_rules_config_edge_values(tmp_path):
+    text = (config_dir() / "lora_rules.yaml").read_text()
+    custom = tmp_path / "rules.yaml"
+    # no plan may train (a valid setting): the image-count check used by screening still works
+    custom.write_text(text.replace("plans_allowed: [pro, agency]", "plans_allowed: []"))
+    rules = load_rules(custom)
+    assert [v.code for v in check_image_count(9, rules)] == ["too_few_images"]
+    assert check_lora_request(ok_request(), rules).codes == ["plan_not_allowed"]
+    # a negative price is a config error, not a refund
+    custom.write_text(text.replace("default_cost: 500", "default_cost: -500"))
+    with pytest.raises(ConfigError) as exc:
+        load_rules(custom)
+    assert "default_cost" in str(exc.value)
+
+
 def test_rules_config_is_strict(tmp_path):
     bad = tmp_path / "rules.yaml"
     bad.write_text((config_dir() / "lora_rules.yaml").read_text()
