@@ -167,8 +167,12 @@ class DlibBackend:
         if detect_max_side and detect_max_side < 80:
             raise InputError(f"detect_max_side must be 0 or >= 80 (HOG finds faces of ~80 px), got {detect_max_side}",
                              field="detect_max_side", value=detect_max_side)
-        if not 0.0 <= float(padding) <= 1.0:
-            raise InputError(f"padding must be in [0, 1], got {padding!r}", field="padding", value=padding)
+        if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not 0.0 <= float(padding) <= 1.0:
+            raise InputError(f"padding must be a number in [0, 1], got {padding!r}", field="padding", value=padding)
+        if (isinstance(adjust_threshold, bool) or not isinstance(adjust_threshold, (int, float))
+                or not math.isfinite(adjust_threshold)):
+            raise InputError(f"adjust_threshold must be a finite number, got {adjust_threshold!r}",
+                             field="adjust_threshold", value=adjust_threshold)
 
         searched: list[str] = []
         folder = Path(model_dir) if model_dir is not None else default_model_dir()

@@ -38,15 +38,20 @@ class FaceBackend(Protocol):
 
 def _make_backend(backend: str, model_dir, device: str, options: dict[str, Any]) -> FaceBackend:
     if backend == "dlib":
-        from .dlib_backend import DlibBackend
+        from .dlib_backend import DlibBackend as cls
+    elif backend == "insightface":
+        from .insightface_backend import InsightFaceBackend as cls
+    else:
+        raise InputError(f"unknown face backend {backend!r} (choose one of: {', '.join(BACKENDS)})",
+                         field="backend", value=backend)
+    import inspect
 
-        return DlibBackend(model_dir=model_dir, device=device, **options)
-    if backend == "insightface":
-        from .insightface_backend import InsightFaceBackend
-
-        return InsightFaceBackend(model_dir=model_dir, device=device, **options)
-    raise InputError(f"unknown face backend {backend!r} (choose one of: {', '.join(BACKENDS)})",
-                     field="backend", value=backend)
+    known = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model_dir", "device")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:  # a misspelt option must not be dropped or surface as a bare TypeError
+        raise InputError(f"unknown {backend} backend option(s) {', '.join(unknown)} (allowed: {', '.join(known)})",
+                         field=unknown[0], value=options[unknown[0]])
+    return cls(model_dir=model_dir, device=device, **options)
 
 
 class FaceEmbedder:
@@ -84,6 +89,9 @@ class FaceEmbedder:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}",
                              field="batch_size", value=batch_size)
+        if limits is not None and not isinstance(limits, ImageLimits):
+            raise InputError(f"limits must be an ImageLimits, got {type(limits).__name__}", field="limits",
+                             value=repr(limits))
         self.impl: FaceBackend = impl
         self.backend: str = impl.name
         self.provenance: ModelProvenance = impl.provenance

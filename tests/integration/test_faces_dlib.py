@@ -295,6 +295,19 @@ def test_backend_errors_are_actionable(tmp_path):
         persona_ml.FaceEmbedder("dlib", detect_max_side=10)
 
 
+@pytest.mark.parametrize("backend, options, field", [
+    ("dlib", {"detect_max_sid": 400}, "detect_max_sid"),        # misspelt: was a bare TypeError
+    ("insightface", {"det_sise": 320}, "det_sise"),             # refused before any pack is looked for
+    ("dlib", {"padding": "wide"}, "padding"),                   # was a bare ValueError from float()
+    ("dlib", {"adjust_threshold": "low"}, "adjust_threshold"),
+    ("dlib", {"limits": {"max_pixels": 5}}, "limits"),          # was kept and failed at the first image
+])
+def test_bad_embedder_options_are_coded(backend, options, field):
+    with pytest.raises(InputError) as info:
+        persona_ml.FaceEmbedder(backend, **options)
+    assert info.value.details["field"] == field
+
+
 def test_face_too_small_for_a_reference(embedder, insightface_images):
     import dataclasses
 
