@@ -102,6 +102,22 @@ class PrepareConfig:
         if not 1.0 <= lo <= hi:
             raise InputError(f"PrepareConfig.closeup_context needs 1 <= least <= most, got {self.closeup_context}",
                              field="closeup_context", value=list(self.closeup_context))
+        for name, low, high in (("closeup_face_y", 0.0, 1.0), ("wide_face_y", 0.0, 1.0),
+                                ("max_other_face_overlap", 0.0, 1.0), ("crop_jitter", 0.0, 0.5),
+                                ("closeup_min_face_ratio", 0.0, 1.0), ("half_body_min_face_ratio", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InputError(f"PrepareConfig.{name} must be in [{low}, {high}], got {value}",
+                                 field=name, value=value)
+        if self.wide_min_area_ratio < 1.0:
+            raise InputError(f"PrepareConfig.wide_min_area_ratio must be >= 1, got {self.wide_min_area_ratio}",
+                             field="wide_min_area_ratio", value=self.wide_min_area_ratio)
+        try:  # a bad template would otherwise fail in the middle of writing the dataset
+            self.caption_template.format(framing="close-up portrait", pose="facing the camera", kind="closeup")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise InputError(f"PrepareConfig.caption_template {self.caption_template!r} is not a valid template "
+                             f"(placeholders: {{framing}}, {{pose}}, {{kind}}): {exc!r}",
+                             field="caption_template", value=self.caption_template) from exc
         if not 0 <= self.png_compress_level <= 9:
             raise InputError(f"PrepareConfig.png_compress_level must be 0..9, got {self.png_compress_level}",
                              field="png_compress_level", value=self.png_compress_level)

@@ -106,6 +106,19 @@ class ScreeningConfig:
         if not 0 < self.similar_face_ratio <= 1:
             raise InputError(f"similar_face_ratio must be in (0, 1], got {self.similar_face_ratio}",
                              field="similar_face_ratio", value=self.similar_face_ratio)
+        for name in ("identity_min_cosine", "near_duplicate_min_cosine"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise InputError(f"{name} is a cosine in [-1, 1], got {value}", field=name, value=value)
+        for name in ("min_face_size_px", "min_sharpness"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InputError(f"{name} must be >= 0, got {value}", field=name, value=value)
+        for name in ("max_dark_fraction", "max_bright_fraction", "closeup_min_face_ratio",
+                     "half_body_min_face_ratio", "coverage_max_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} is a fraction in [0, 1], got {value}", field=name, value=value)
         if not self.min_face_luma < self.max_face_luma:
             raise InputError("min_face_luma must be below max_face_luma", field="min_face_luma",
                              value=[self.min_face_luma, self.max_face_luma])

@@ -220,3 +220,20 @@ def test_dataset_settings_yaml_is_strict(tmp_path):
     assert "prepare.max_upscle" in str(exc.value)
     with pytest.raises(ConfigError):
         load_dataset_config({"prepare": {"resolutions": [500]}})  # not a multiple of 16
+
+
+@pytest.mark.parametrize("override, field", [
+    ("prepare.caption_template=photo {", "caption_template"),   # crashed mid-write with a bare ValueError
+    ("prepare.caption_template='{scene}'", "caption_template"),  # KeyError mid-write
+    ("prepare.closeup_face_y=5", "closeup_face_y"),
+    ("prepare.max_other_face_overlap=-1", "max_other_face_overlap"),
+    ("screening.identity_min_cosine=3", "identity_min_cosine"),  # would reject every photo as another person
+    ("screening.min_face_size_px=-3", "min_face_size_px"),
+    ("screening.max_dark_fraction=2", "max_dark_fraction"),
+])
+def test_out_of_range_settings_are_refused_when_loaded(override, field):
+    from persona_ml.dataset.settings import load_dataset_config
+
+    with pytest.raises(ConfigError) as exc:
+        load_dataset_config(None, [override])
+    assert field in str(exc.value)
