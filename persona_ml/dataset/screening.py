@@ -176,7 +176,8 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
         >>> print(report.summary())                                             # doctest: +SKIP
     """
     cfg = config or ScreeningConfig()
-    items = _as_items(images)
+    limits = limits or getattr(embedder, "limits", None) or ImageLimits()
+    items = _as_items(images, limits.max_bytes)
     if faces is not None and len(faces) != len(items):
         raise InputError(f"faces has {len(faces)} entries for {len(items)} images", field="faces",
                          value=len(faces))
@@ -184,7 +185,6 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
     if profile is not None and getattr(profile, "provenance", None) is not None:
         prov.require_compatible(profile.provenance, "the profile")
     thr = _effective_thresholds(cfg, embedder)
-    limits = limits or getattr(embedder, "limits", None) or ImageLimits()
     timings = {"decode": 0.0, "detect_embed": 0.0, "measure": 0.0, "decide": 0.0}
 
     cands = [_Candidate(index=i, source=label, input=src) for i, (src, label) in enumerate(items)]
@@ -253,7 +253,7 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
 
 # --- internals ------------------------------------------------------------------------------------
 
-def _as_items(images: Any) -> list[tuple[Any, str]]:
+def _as_items(images: Any, max_bytes: int) -> list[tuple[Any, str]]:
     if isinstance(images, (str, os.PathLike)):
         if not Path(images).is_dir():
             raise InputError(f"images must be a folder or a sequence of images, got {images!r}",
@@ -267,7 +267,10 @@ def _as_items(images: Any) -> list[tuple[Any, str]]:
         if hasattr(src, "read") and not isinstance(src, (str, os.PathLike)):
             # a file object can be read once; keep its bytes so preparation can decode it again
             label = str(getattr(src, "name", None) or f"image[{i}]")
-            data = src.read()
+            try:  # at most one byte over the limit, so an endless stream is refused, not buffered
+                data = src.read(max_bytes + 1)
+            except (OSError, ValueError):  # closed or broken: load_image reports it for this photo only
+                data = src
             out.append((data, label))
             continue
         if isinstance(src, (str, os.PathLike)):

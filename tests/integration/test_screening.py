@@ -335,3 +335,20 @@ def test_scripted_file_objects_and_mismatched_faces(scripted):
     wrong = embedder.analyze([files["own1.jpg"]])
     with pytest.raises(InputError):
         screen_dataset([files["own0.jpg"]], profile, embedder, faces=wrong)
+
+
+def test_scripted_unreadable_and_oversized_file_objects_are_rejected_alone(scripted):
+    # a closed stream used to abort the whole screening with a bare ValueError, and a stream was
+    # read whole into memory whatever its size
+    import io
+
+    from persona_ml.images import ImageLimits
+
+    embedder, profile, files = scripted
+    closed = io.BytesIO(b"\xff\xd8")
+    closed.close()
+    limits = ImageLimits(max_bytes=Path(files["own0.jpg"]).stat().st_size + 100)
+    huge = io.BytesIO(b"\0" * (limits.max_bytes + 10))
+    with open(files["own0.jpg"], "rb") as fh:
+        report = screen_dataset([closed, fh, huge], profile, embedder, limits=limits)
+    assert [s.code for s in report.images] == ["image_unreadable", None, "image_too_large"]
