@@ -281,7 +281,7 @@ class FaceProfile:
                                 f"{meta.get('kind') if isinstance(meta, dict) else None!r})",
                                 code="profile_format_unknown", field="kind", value=str(json_path))
         version = meta.get("format_version")
-        if not isinstance(version, int) or not 1 <= version <= PROFILE_FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= PROFILE_FORMAT_VERSION:
             raise ArtifactError(f"{json_path}: face profile format_version {version!r} is not supported "
                                 f"(this persona_ml reads 1..{PROFILE_FORMAT_VERSION}); upgrade persona_ml",
                                 code="profile_format_unknown", field="format_version", value=version)
@@ -292,7 +292,10 @@ class FaceProfile:
                                 f"{str(meta.get('tensors_sha256'))[:12]}...): the pair is mismatched or damaged",
                                 code="profile_corrupt", field="tensors_sha256", value=digest)
         try:
-            tensors = st_load(blob)
+            try:
+                tensors = st_load(blob)
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+                raise ValueError(f"{st_path.name} is not a readable safetensors file: {exc}") from exc
             provenance = ModelProvenance.from_dict(meta["provenance"])
             thresholds = FaceThresholds.from_dict(meta["thresholds"])
             hashes = [str(h) for h in meta["image_sha256s"]]

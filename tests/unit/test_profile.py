@@ -120,6 +120,22 @@ def test_load_detects_damage(tmp_path, people):
     assert info.value.code == "profile_corrupt"
 
 
+def test_load_refuses_an_unreadable_tensors_file_even_when_its_hash_is_recorded(tmp_path, people):
+    # the JSON vouches for the bytes (hash matches) but they are not safetensors: was a bare SafetensorError
+    import hashlib
+
+    alice, _ = people
+    base = build_profile(alice, THR).save(tmp_path / "p")
+    junk = b"not a safetensors file"
+    (tmp_path / "p.safetensors").write_bytes(junk)
+    meta = json.loads((tmp_path / "p.json").read_text())
+    meta["tensors_sha256"] = hashlib.sha256(junk).hexdigest()
+    (tmp_path / "p.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError) as info:
+        load_profile(base)
+    assert info.value.code == "profile_corrupt"
+
+
 def test_refuses_another_models_observation(people):
     alice, _ = people
     profile = build_profile(alice, THR)
