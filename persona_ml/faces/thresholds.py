@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Mapping
 from ..config import config_dir, from_dict, read_yaml
 from ..errors import ConfigError
 from .types import ModelProvenance
+
+logger = logging.getLogger(__name__)
 
 THRESHOLDS_FILE = "face_thresholds.yaml"
 GENERIC_KEY = "generic"
@@ -95,6 +98,7 @@ def load_thresholds_table(path: str | os.PathLike | None = None) -> dict[str, di
     return table
 
 
+_GENERIC_WARNED: set[tuple[str, str]] = set()
 _TABLE_CACHE: dict[tuple[str, float], dict[str, dict[str, FaceThresholds]]] = {}
 
 
@@ -135,6 +139,11 @@ def thresholds_for(provenance: ModelProvenance, path: str | os.PathLike | None =
         if known != GENERIC_KEY and known.lower() in lowered:
             return models[known]
     if GENERIC_KEY in models:
+        if (provenance.backend, name) not in _GENERIC_WARNED:
+            _GENERIC_WARNED.add((provenance.backend, name))
+            logger.warning("no face thresholds measured for %s/%s in %s; using the %r %s entry: re-measure "
+                           "them for this model before trusting identity decisions", provenance.backend, name,
+                           file, GENERIC_KEY, provenance.backend)
         return models[GENERIC_KEY]
     raise ConfigError(f"{file}: no face thresholds for {provenance.backend}/{name} and no "
                       f"'{GENERIC_KEY}' entry (known: {', '.join(sorted(models))})", code="thresholds_missing",

@@ -197,6 +197,17 @@ def test_thresholds_table_has_dlib_and_insightface_sections():
     assert thresholds_for(suffixed) == table["insightface"]["buffalo_l"]
 
 
+def test_falling_back_to_generic_thresholds_is_logged(caplog):
+    # an unmeasured model silently got another model's operating points
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="persona_ml.faces.thresholds"):
+        thresholds_for(ModelProvenance("insightface", "unmeasured_pack_x", {}, 512, "?"))
+        thresholds_for(ModelProvenance("insightface", "buffalo_l", {}, 512, "?"))
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "unmeasured_pack_x" in warned[0] and "generic" in warned[0]
+
+
 def test_thresholds_errors_are_coded(tmp_path):
     with pytest.raises(ConfigError) as info:
         thresholds_for(ModelProvenance("facenet", "x", {}, 128, "?"))
