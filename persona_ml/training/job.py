@@ -148,10 +148,18 @@ class TrainingJob:
             TrainingError: ``training_nan_loss`` (non-finite loss), ``checkpoint_invalid``,
                 ``device_unavailable`` (``device: cuda`` without a CUDA device, before any model is loaded).
             PersonaMLError: dataset or model errors.
+            TrainingError: ``out_of_memory`` (GPU out of memory) or ``training_failed`` for any other
+                unexpected exception (chained as ``__cause__``); the job still ends ``failed`` with
+                ``result.json`` written, never stuck in ``training``.
         """
         result = TrainResult(status=self.status, output_dir=self.output_dir)
         try:
-            self._run(result)
+            try:
+                self._run(result)
+            except PersonaMLError:
+                raise
+            except Exception as exc:  # CUDA OOM, a library error: the service must see a failed job
+                raise _unexpected(exc, self.status) from exc
         except PersonaMLError as exc:
             self.error = exc
             result.error = exc.to_dict()
@@ -174,8 +182,6 @@ class TrainingJob:
         trigger = self.trigger or dataset.info.trigger
         result.rule_violations = self._check_rules(dataset, trigger)
 
-        from accelerate import Accelerator
-
         if cfg.device == "cuda" and not torch.cuda.is_available():
             # accelerate would silently train on the CPU (hours to days for FLUX.1-dev): refuse instead
             raise TrainingError("device is 'cuda' but torch sees no CUDA device (torch.cuda.is_available() is "
@@ -185,7 +191,11 @@ class TrainingJob:
         if use_cpu and cfg.device == "auto" and cfg.base_model != "tiny-flux":
             log.warning("device=auto found no CUDA device: training %s on the CPU", cfg.base_model)
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-        accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu and mixed == "fp16" else mixed)
+        accelerator = _make_accelerator(use_cpu, "no" if use_cpu and mixed == "fp16" else mixed)
+        if not use_cpu and torch.cuda.is_available() and accelerator.device.type != "cuda":
+            raise TrainingError(f"accelerate placed this job on {accelerator.device} although CUDA is available "
+                                f"(device={cfg.device})", code="device_unavailable", field="device",
+                                value=str(accelerator.device))
         is_main = accelerator.is_main_process
         if is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -572,6 +582,37 @@ def _earlier_identity(samples_root: Path, up_to: int) -> list:
         if score.step <= up_to:
             found.append(score)
     return found
+
+
+def _make_accelerator(use_cpu: bool, mixed_precision: str):
+    """An ``Accelerator`` with this job's device and precision.
+
+    accelerate keeps its device and mixed precision process-wide: after a CPU job (``tiny-cpu``)
+    a later job in the same process would silently run on the CPU, and one with another precision
+    would fail with a raw ``ValueError``. A single-process job therefore starts from a clean
+    state; under ``accelerate launch`` / torchrun (a process group exists) the state is kept.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if AcceleratorState._shared_state and not distributed and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+
+
+def _unexpected(exc: Exception, status: JobStatus) -> TrainingError:
+    """A coded ``TrainingError`` for an exception that is not a ``PersonaMLError``."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return TrainingError(f"out of memory while {status.value}: {exc}; enable gradient_checkpointing, lower "
+                             "data.resolutions or data.batch_size, or use a GPU with more memory",
+                             code="out_of_memory", field="status", value=status.value,
+                             error=type(exc).__name__)
+    return TrainingError(f"unexpected {type(exc).__name__} while {status.value}: {exc}", field="status",
+                         value=status.value, error=type(exc).__name__)
 
 
 def _is_main_process() -> bool:

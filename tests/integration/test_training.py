@@ -237,6 +237,34 @@ def test_device_cuda_without_cuda_fails_before_loading_instead_of_training_on_cp
     assert err.value.code == "device_unavailable" and err.value.details["field"] == "device"
     assert loader.calls == 0 and job.status is JobStatus.FAILED
 
+
+def test_an_out_of_memory_error_fails_the_job_with_a_code_and_a_result(dataset, cache_dir, tmp_path, monkeypatch,
+                                                                       tiny):
+    from persona_ml.training import flux
+
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+
+    def oom(*_a, **_k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 GiB")
+
+    monkeypatch.setattr(flux, "flow_matching_loss", oom)
+    events = []
+    job = jobmod.TrainingJob(_cfg(cache_dir), dataset, tmp_path, on_event=events.append)
+    with pytest.raises(TrainingError) as err:
+        job.run()
+    assert err.value.code == "out_of_memory" and isinstance(err.value.__cause__, torch.OutOfMemoryError)
+    assert job.status is JobStatus.FAILED and events[-1].status is JobStatus.FAILED  # not stuck in "training"
+    assert json.loads((tmp_path / "result.json").read_text())["error"]["code"] == "out_of_memory"
+
+
+def test_a_cpu_job_does_not_pin_later_jobs_to_its_device_or_precision(dataset, cache_dir, tmp_path, monkeypatch,
+                                                                      tiny):
+    # accelerate's state is process-wide: a service worker runs many jobs in one process
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    first = jobmod.train_lora(_cfg(cache_dir, "steps=1", "precision=fp32"), dataset, tmp_path / "a")
+    second = jobmod.train_lora(_cfg(cache_dir, "steps=1", "precision=bf16"), dataset, tmp_path / "b")
+    assert first.status is JobStatus.COMPLETED and second.status is JobStatus.COMPLETED
+
 class _Obs:
     def __init__(self, emb, size=50.0):
         self.embedding = np.asarray(emb, dtype=np.float32)
