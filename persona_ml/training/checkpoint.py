@@ -97,8 +97,13 @@ def restore_rng(state: dict[str, Any], generator=None) -> None:
     np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
                          npst["cached"]))
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(cuda) != n:  # resumed on a machine with another GPU count: restore the devices both have
+            log.warning("checkpoint holds CUDA RNG states of %d devices, this machine has %d", len(cuda), n)
+        for index, device_state in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(device_state, index)
     if generator is not None and state.get("generator") is not None:
         generator.set_state(state["generator"])
 

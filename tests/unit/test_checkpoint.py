@@ -90,3 +90,16 @@ def test_cache_keys_separate_models_sizes_and_captions_and_corrupt_entries_are_m
     assert torch.equal(cache.get("latents", base)["latents"], t)
     path.write_bytes(b"truncated")
     assert cache.get("latents", base) is None and not path.exists()
+
+
+def test_resume_on_a_machine_with_fewer_gpus_restores_the_devices_it_has(monkeypatch):
+    state = capture_rng()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # saved on 2 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda st, device: restored.append((device, int(st[0]))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all",
+                        lambda states: [torch.cuda.set_rng_state(st, i) for i, st in enumerate(states)])
+    restore_rng(state)
+    assert restored == [(0, 0)]  # device 1 does not exist here: not an "invalid device ordinal" crash
