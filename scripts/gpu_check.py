@@ -345,8 +345,9 @@ def run(plan: Plan, log=_log, *, budget_s: float = DEFAULT_BUDGET_S, t_start: fl
     update = on_update or (lambda r: None)
 
     def failed(phase: str, exc: BaseException, params: list | None = None) -> None:
-        report["errors"].append(_error_record(phase, exc))
-        log(f"{phase} FAILED: {type(exc).__name__}: {str(exc)[:500]}")
+        record = _error_record(phase, exc)
+        report["errors"].append(record)
+        log(f"{phase} FAILED: {type(exc).__name__}: {str(exc)[:500]}\n{record['traceback'][-1500:]}")
         _free_memory(plan, params)
 
     def checkpoint() -> None:
