@@ -319,17 +319,35 @@ def _from_array(arr: np.ndarray, limits: ImageLimits, label: str) -> LoadedImage
 
 
 def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
+    from PIL import ImageOps
+
     _check_dims(img.size, limits, label)
+    n_frames = int(getattr(img, "n_frames", 1) or 1)
     try:
+        if n_frames > 1 and img.tell() != 0:  # the first frame, as for files; the caller's image
+            position = img.tell()             # is left on the frame it was on
+            img.seek(0)
+            first = img.copy()
+            img.seek(position)
+            img = first
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
                          field="image", value=label) from exc
     mode = img.mode
+    # Image.open() keeps the EXIF orientation unapplied: a phone photo would be analysed sideways
+    orientation = 1
+    try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF must not reject an otherwise good photo
+        orientation = 1
     pixels = _to_rgb(img)
+    _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
     digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
     return LoadedImage(pixels=pixels, sha256=digest, format="pil", source=label, original_mode=mode,
-                       n_frames=int(getattr(img, "n_frames", 1) or 1))
+                       exif_transposed=orientation != 1, n_frames=n_frames)
 
 
 def _pillow_pixel_cap() -> int | None:

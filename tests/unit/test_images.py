@@ -236,6 +236,27 @@ def test_exif_orientation_is_applied():
     assert np.abs(img.pixels.astype(int) - upright.astype(int)).mean() < 4
 
 
+def test_exif_orientation_and_first_frame_also_apply_to_a_pil_image():
+    # Image.open(path) keeps EXIF orientation unapplied: a PIL input used to be analysed sideways
+    upright = _gradient(80, 40)
+    stored = Image.fromarray(upright).rotate(90, expand=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    opened = Image.open(io.BytesIO(_encode(stored, "JPEG", quality=95, exif=exif.tobytes())))
+    img = load_image(opened)
+    assert img.exif_transposed and img.size == (80, 40)
+    assert np.abs(img.pixels.astype(int) - upright.astype(int)).mean() < 4
+    assert np.array_equal(img.pixels, load_image(_encode(stored, "JPEG", quality=95, exif=exif.tobytes())).pixels)
+
+    frames = [Image.new("RGB", (64, 64), (200 * (i == 0), 0, 200 * (i == 2))) for i in range(3)]
+    anim = Image.open(io.BytesIO(_encode(frames[0], "WEBP", save_all=True, append_images=frames[1:],
+                                         lossless=True)))
+    anim.seek(2)
+    first = load_image(anim)
+    assert first.n_frames == 3 and first.pixels[5, 5].tolist() == [200, 0, 0]
+    assert anim.tell() == 2  # the caller's image is left where it was
+
+
 def test_sha256_is_of_the_original_bytes_and_sources_agree(tmp_path):
     import hashlib
 
