@@ -402,10 +402,17 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
             if c is keep:
                 continue
             key = (min(c.index, keep.index), max(c.index, keep.index))
-            ev = evidence.get(key) or next(v for k, v in evidence.items() if c.index in k)
+            if key in evidence:
+                partner, ev = keep, evidence[key]
+            else:  # linked to the kept photo only through another near-copy: name the one it resembles
+                key, ev = next((k, v) for k, v in sorted(evidence.items()) if c.index in k)
+                partner = next(m for m in members if m.index == (key[0] if key[1] == c.index else key[1]))
             how = "a mirrored copy" if ev["mirrored"] else "a near-copy"
-            message = (f"{how} of {Path(keep.source).name} (hash distance {min(ev['phash_distance'], ev['mirrored_phash_distance'])}"
-                       f"/64, face similarity {ev['cosine']:.3f}); the better photo is kept")
+            kept_note = ("the better photo is kept" if partner is keep
+                         else f"{Path(keep.source).name}, the best of this group of near-copies, is kept")
+            message = (f"{how} of {Path(partner.source).name} (hash distance "
+                       f"{min(ev['phash_distance'], ev['mirrored_phash_distance'])}/64, face similarity "
+                       f"{ev['cosine']:.3f}); {kept_note}")
             c.metrics["near_duplicate"] = ev
             c.duplicate_of = keep.source
             if cfg.allow_near_duplicates:

@@ -352,3 +352,29 @@ def test_scripted_unreadable_and_oversized_file_objects_are_rejected_alone(scrip
     with open(files["own0.jpg"], "rb") as fh:
         report = screen_dataset([closed, fh, huge], profile, embedder, limits=limits)
     assert [s.code for s in report.images] == ["image_unreadable", None, "image_too_large"]
+
+
+def test_near_copy_linked_only_through_another_names_the_photo_it_resembles():
+    # A~B and B~C but A is far from C: C's reason used to quote the B-C distance as if it were to A
+    from persona_ml.dataset.screening import _Candidate, _near_duplicates
+    from persona_ml.faces.types import FaceObservation, ModelProvenance
+
+    prov = ModelProvenance("dlib", "synthetic", {}, 4, "test")
+
+    def cand(i, name, phash, emb, side):
+        face = FaceObservation(bbox=(0, 0, side, side), landmarks=np.zeros((5, 2), np.float32), det_score=1.0,
+                               face_size=float(side), sharpness=100.0, pose=None,
+                               embedding=np.asarray(emb, np.float32) / np.linalg.norm(emb), image_sha256=name,
+                               image_size=(1000, 1000), provenance=prov)
+        return _Candidate(index=i, source=f"/x/{name}", input=None, face=face, hashes=(phash, phash ^ (2**64 - 1)),
+                          size=(1000, 1000))
+
+    a = cand(0, "a.jpg", 0, [1, 0, 0, 0], 300)                   # the largest face: kept
+    b = cand(1, "b.jpg", 0b111111, [0, 1, 0, 0], 290)             # 6 bits from a
+    c = cand(2, "c.jpg", 0b111111 | (0b111111 << 20), [0, 0, 1, 0], 290)  # 6 from b, 12 from a
+    thr = {"phash_max_distance": 8, "near_duplicate_min_cosine": 0.99}
+    _near_duplicates([a, b, c], thr, ScreeningConfig(check_mirrored=False))
+    assert (a.code, b.code, c.code) == (None, "near_duplicate", "near_duplicate")
+    assert b.reason.startswith("a near-copy of a.jpg (hash distance 6/64")
+    assert c.reason.startswith("a near-copy of b.jpg (hash distance 6/64") and "a.jpg, the best" in c.reason
+    assert c.duplicate_of == "/x/a.jpg"
