@@ -277,13 +277,17 @@ class CharacterGenerator:
             self._active = self._active_sha = None
             self._set_scale(0.0)
 
-    def _memory_entry(self, character: Character) -> ValidatedLora:
-        path = Path(character.lora_path)
+    @staticmethod
+    def _file_stat(path: Path) -> tuple[int, int]:
         try:
             st = path.stat()
-            stat = (st.st_mtime_ns, st.st_size)
+            return st.st_mtime_ns, st.st_size
         except OSError:
-            stat = (-1, -1)
+            return -1, -1
+
+    def _memory_entry(self, character: Character) -> ValidatedLora:
+        path = Path(character.lora_path)
+        stat = self._file_stat(path)
         entry = self._memory.get(character.id)
         if entry is not None and entry.stat == stat:
             self._memory.move_to_end(character.id)
@@ -333,7 +337,9 @@ class CharacterGenerator:
                                  field="character_id", value=character_id)
             if self._active == character_id and self._active_sha is not None:
                 entry = self._memory.get(character_id)
-                if entry is not None and entry.lora.sha256 == self._active_sha:
+                # the file may have been re-exported at the same path: then validate and swap it in again
+                if entry is not None and entry.lora.sha256 == self._active_sha and \
+                        entry.stat == self._file_stat(Path(character.lora_path)):
                     self._stats["hits_active"] += 1
                     self._memory.move_to_end(character_id)
                     self._set_scale(lora_scale)

@@ -303,3 +303,25 @@ def test_requests_and_characters_are_checked_up_front():
     better = IdentityCheck(0.93, 1, 1, 0.8)
     assert rank_best_of([ok, low, none, better]) == (3, 0, 1, 2)
     assert rank_best_of([ok, low, none, better], keep=1) == (3,)
+
+
+def test_retrained_lora_at_the_same_path_replaces_the_active_one(setup, tmp_path):
+    """A worker re-exports a character's LoRA over the same file: the next request must use the new one,
+    also when that character is the active one (no stale adapter served from the slot)."""
+    import os
+    import shutil
+
+    _, gen, loras, _ = setup
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    shutil.copyfile(loras["A"].diffusers_path, path)
+    gen.register(Character("R1", lora_path=path, trigger="ohwx"))
+    a, _ = render(gen, "R1", seeds=(4,))
+    b_ref, _ = render(gen, "B", seeds=(4,))
+    render(gen, "R1", seeds=(4,))  # R1 active again
+    shutil.copyfile(loras["B"].diffusers_path, path)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # coarse-mtime filesystems
+    b, res = render(gen, "R1", seeds=(4,))
+    assert np.array_equal(b, b_ref) and not np.array_equal(a, b)
+    assert res.lora_sha256 == gen._memory["R1"].lora.sha256
+    gen.unregister("R1")
