@@ -215,6 +215,11 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
     """
     cfg = config or PrepareConfig()
     trigger = check_trigger(trigger)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer, got {seed!r}", field="seed", value=repr(seed))
+    if config is not None and not isinstance(config, PrepareConfig):
+        raise InputError(f"config must be a PrepareConfig, got {type(config).__name__}", field="config",
+                         value=repr(config)[:200])
     inputs, profile_fp, report_extra = _inputs_from(source)
     profile_fingerprint = profile_fingerprint or profile_fp
     captioner = captioner or SidecarCaptioner(fallback=_template(cfg))

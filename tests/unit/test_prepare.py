@@ -202,6 +202,12 @@ def test_refuses_bad_trigger_and_unrelated_out_dir(photos, tmp_path):
     with pytest.raises(InputError) as exc:
         prepare_dataset(photos[:1], busy, trigger="ohwx")
     assert exc.value.code == "out_dir_not_empty" and (busy / "notes.txt").exists()
+    # were a bare ValueError from int("x") / an AttributeError on a dict config
+    for kwargs, field in (({"seed": "x"}, "seed"), ({"config": {"max_upscale": 2}}, "config")):
+        with pytest.raises(InputError) as exc:
+            prepare_dataset(photos[:1], tmp_path / "o", trigger="ohwx", **kwargs)
+        assert exc.value.details["field"] == field
+    assert not (tmp_path / "o").exists()
 
 
 def test_dataset_settings_yaml_is_strict(tmp_path):
