@@ -175,6 +175,13 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
         >>> report = screen_dataset("photos/", profile, FaceEmbedder("dlib"))   # doctest: +SKIP
         >>> print(report.summary())                                             # doctest: +SKIP
     """
+    if config is not None and not isinstance(config, ScreeningConfig):
+        raise InputError(f"config must be a ScreeningConfig, got {type(config).__name__}", field="config",
+                         value=repr(config)[:200])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        # 0 would take empty chunks: nothing checked, every photo "accepted"
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}", field="batch_size",
+                         value=repr(batch_size))
     cfg = config or ScreeningConfig()
     limits = limits or getattr(embedder, "limits", None) or ImageLimits()
     items = _as_items(images, limits.max_bytes)
@@ -190,7 +197,7 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
     cands = [_Candidate(index=i, source=label, input=src) for i, (src, label) in enumerate(items)]
     seen_bytes: dict[str, str] = {}
     seen_pixels: dict[str, str] = {}
-    for start in range(0, len(cands), max(1, batch_size)):
+    for start in range(0, len(cands), batch_size):
         chunk = cands[start:start + batch_size]
         t0 = time.perf_counter()
         loaded: list[tuple[_Candidate, LoadedImage]] = []
@@ -422,6 +429,8 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
 
 
 def _finish(c: _Candidate) -> ScreenedImage:
+    if c.code is None and c.face is None:  # never examined: must not count as accepted
+        c.code, c.reason = "not_screened", "this photo was not examined"
     return ScreenedImage(index=c.index, source=c.source, sha256=c.sha256, accepted=c.code is None,
                          code=c.code, reason=c.reason, face=c.face, other_faces=c.others, framing=c.framing,
                          pose=c.pose, duplicate_of=c.duplicate_of, metrics=c.metrics,

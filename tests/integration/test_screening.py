@@ -378,3 +378,24 @@ def test_near_copy_linked_only_through_another_names_the_photo_it_resembles():
     assert b.reason.startswith("a near-copy of a.jpg (hash distance 6/64")
     assert c.reason.startswith("a near-copy of b.jpg (hash distance 6/64") and "a.jpg, the best" in c.reason
     assert c.duplicate_of == "/x/a.jpg"
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_scripted_bad_batch_size_is_refused(scripted, batch_size):
+    # batch_size=0 used to take empty chunks: no photo was decoded or checked and EVERY one was
+    # reported accepted (a stranger, a group photo, an empty file ...)
+    from persona_ml.errors import InputError
+
+    embedder, profile, files = scripted
+    with pytest.raises(InputError) as exc:
+        screen_dataset([files["stranger.jpg"], files["empty.jpg"]], profile, embedder, batch_size=batch_size)
+    assert exc.value.details["field"] == "batch_size"
+
+
+def test_scripted_config_of_the_wrong_type_is_refused(scripted):
+    from persona_ml.errors import InputError
+
+    embedder, profile, files = scripted
+    with pytest.raises(InputError) as exc:
+        screen_dataset([files["own0.jpg"]], profile, embedder, config={"allow_near_duplicates": True})
+    assert exc.value.details["field"] == "config"
