@@ -194,9 +194,7 @@ def evaluate_lora(
     """
     from ..inference.generator import CharacterGenerator
     from ..inference.lora_validation import read_safetensors_metadata
-    from ..inference.types import Character, GenerationRequest
-    from .contact_sheet import contact_sheet
-    from .plots import plot_loss_curve, plot_similarity_per_checkpoint
+    from ..inference.types import Character
 
     if not prompts:
         raise InputError("the prompt suite is empty", field="prompts", value=0)
@@ -204,8 +202,18 @@ def evaluate_lora(
         raise InputError("profile and embedder go together (identity needs both)", field="embedder",
                          value=type(embedder).__name__)
     lora_path = Path(lora_path)
+    checkpoints = list(checkpoints)
+    for item in checkpoints:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], int)
+                and not isinstance(item[0], bool) and item[0] >= 0):
+            raise InputError(f"checkpoints take (step >= 0, LoRA file) pairs, got {item!r}", field="checkpoints",
+                             value=repr(item)[:200])
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"out_dir {out} cannot be created: {exc.strerror or exc}", field="out_dir",
+                         value=str(out)) from None
     if isinstance(base, CharacterGenerator):
         gen = base
         if embedder is not None:
@@ -221,7 +229,25 @@ def evaluate_lora(
         trigger = meta.get("persona_ml.trigger", "")
     cid = "eval-" + lora_path.stem[:100].replace(" ", "_")
     cid = "".join(c if c.isalnum() or c in "_.-" else "_" for c in cid)
-    gen.register(Character(cid, lora_path=lora_path, profile=profile, trigger=trigger))
+    # Every LoRA (final and checkpoints) is validated before the suite runs: a bad checkpoint used to be
+    # found only after all the generation work, which was then lost with no report written.
+    ck_ids = [f"{cid}-ck{int(step)}" for step, _ in checkpoints]
+    try:
+        gen.register(Character(cid, lora_path=lora_path, profile=profile, trigger=trigger), preload=True)
+        for ck_id, (_, path) in zip(ck_ids, checkpoints):
+            gen.register(Character(ck_id, lora_path=path, profile=profile, trigger=trigger), preload=True)
+        return _run_suite(gen, cid, ck_ids, lora_path, out, profile, trigger, prompts, seeds, height, width, steps,
+                          guidance, lora_scale, max_sequence_length, checkpoints, losses)
+    finally:
+        for c in (cid, *ck_ids):
+            gen.unregister(c)
+
+
+def _run_suite(gen, cid, ck_ids, lora_path, out, profile, trigger, prompts, seeds, height, width, steps, guidance,
+               lora_scale, max_sequence_length, checkpoints, losses) -> IdentityReport:
+    from ..inference.types import GenerationRequest
+    from .contact_sheet import contact_sheet
+    from .plots import plot_loss_curve, plot_similarity_per_checkpoint
 
     def run(prompt_text, cid_):
         req = GenerationRequest(cid_, prompt_text, seeds=tuple(seeds), lora_scale=lora_scale, height=height,
@@ -245,15 +271,12 @@ def evaluate_lora(
     files = {"contact_sheet": str(contact_sheet(rows, out / "contact_sheet.png"))}
 
     ck_results: list[CheckpointResult] = []
-    for step, path in checkpoints:
-        ck_id = f"{cid}-ck{int(step)}"
-        gen.register(Character(ck_id, lora_path=path, profile=profile, trigger=trigger))
+    for ck_id, (step, path) in zip(ck_ids, checkpoints):
         res = run(prompts[0].prompt, ck_id)
         sims = [im.identity.similarity for im in res.images]
         ck_results.append(CheckpointResult(step=int(step), path=str(path), mean_similarity=_mean(sims),
                                            detection_rate=round(sum(im.identity.num_faces > 0 for im in res.images)
                                                                 / len(res.images), 6)))
-        gen.unregister(ck_id)
     threshold = float(profile.thresholds.same_person_min_cosine) if profile is not None else None
     if ck_results:
         files["similarity_plot"] = str(plot_similarity_per_checkpoint(
@@ -269,7 +292,6 @@ def evaluate_lora(
         settings={"height": height, "width": width, "steps": steps, "guidance": guidance, "lora_scale": lora_scale,
                   "seeds": list(seeds), "trigger": trigger})
     atomic_write_json(out / "report.json", report.to_dict())
-    gen.unregister(cid)
     return report
 
 

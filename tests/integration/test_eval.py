@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from persona_ml.cli import main  # noqa: E402
+from persona_ml.errors import InputError  # noqa: E402
 
 TARGETS = ["transformer_blocks.*.attn.to_q", "transformer_blocks.*.attn.to_v"]
 
@@ -87,3 +88,47 @@ def test_cli_refuses_mismatched_lora(lora, tmp_path, capsys):
                "--steps", "1", "--out", str(tmp_path / "g")])
     assert rc == 2
     assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]["code"] == "lora_base_mismatch"
+
+
+def test_bad_checkpoint_is_refused_before_the_suite_runs(lora, tmp_path):
+    """A missing/mismatched checkpoint used to surface only after the whole suite was generated
+    (contact sheet written, no report): now every LoRA is validated first."""
+    from persona_ml.errors import LoraValidationError
+    from persona_ml.eval import evaluate_lora
+    from persona_ml.inference import CharacterGenerator
+
+    base, exp, ck = lora
+    gen = CharacterGenerator(base)  # default rank: the module's pipeline may already carry that slot
+    with pytest.raises(LoraValidationError) as exc:
+        evaluate_lora(exp.diffusers_path, base=gen, out_dir=tmp_path / "ev", seeds=(0,), height=32, width=32,
+                      steps=1, max_sequence_length=32,
+                      checkpoints=[(10, ck.diffusers_path), (20, tmp_path / "nope.safetensors")])
+    assert exc.value.code == "lora_file_invalid"
+    assert not (tmp_path / "ev" / "contact_sheet.png").exists()
+    assert gen._characters == {} and gen.cache_stats().memory == ()  # nothing left registered or cached
+    with pytest.raises(InputError) as bad:
+        evaluate_lora(exp.diffusers_path, base=gen, out_dir=tmp_path / "ev2", checkpoints=[("ten", ck.diffusers_path)])
+    assert bad.value.details["field"] == "checkpoints"
+
+
+@pytest.mark.parametrize("what", ["ip_pair", "out_under_file", "losses_missing", "losses_not_list"])
+def test_cli_bad_arguments_are_coded_before_any_work(what, tmp_path, capsys, monkeypatch):
+    import persona_ml.models as models
+
+    def no_load(*a, **k):  # every refusal below must come before the base model is loaded
+        raise AssertionError("base model loaded before the argument was checked")
+
+    monkeypatch.setattr(models, "load_base_model", no_load)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "losses.json").write_text('{"step": 1}')
+    lora = str(tmp_path / "l.safetensors")
+    argv = {
+        "ip_pair": ["generate", "--reference", lora, "--ip-adapter", lora, "--prompt", "x", "--out", str(tmp_path / "o")],
+        "out_under_file": ["generate", "--lora", lora, "--prompt", "x", "--out", str(tmp_path / "a_file" / "o")],
+        "losses_missing": ["eval", "--lora", lora, "--losses", str(tmp_path / "no.json"), "--out", str(tmp_path / "o")],
+        "losses_not_list": ["eval", "--lora", lora, "--losses", str(tmp_path / "losses.json"), "--out", str(tmp_path / "o")],
+    }[what]
+    assert main(argv) == 2
+    err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
+    assert err["code"] == "invalid_input"
+    assert err["details"]["field"] == {"ip_pair": "ip_encoder", "out_under_file": "out"}.get(what, "losses")
