@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not step.isdigit():
             raise InputError(f"--checkpoint takes STEP=PATH, got {item!r}", field="checkpoint", value=item)
         checkpoints.append((int(step), path))
-    losses = json.loads(Path(args.losses).read_text()) if args.losses else []
+    losses = _read_losses(args.losses) if args.losses else []
     profile = embedder = None
     if args.profile:
         from ..faces.embedder import FaceEmbedder
@@ -64,3 +64,19 @@ def run(args: argparse.Namespace) -> int:
                            checkpoints=checkpoints, losses=losses, require_base_fingerprint=not args.allow_unverified)
     print(json.dumps({"summary": report.summary(), "files": report.files}))
     return 0
+
+
+def _read_losses(path: str) -> list[float]:
+    """The ``--losses`` JSON list; a missing, unreadable or malformed file is a coded error, not a traceback."""
+    import math
+
+    from ..errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--losses {path} is not a readable JSON file: {exc}", field="losses", value=path) from None
+    if not isinstance(data, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data):
+        raise InputError(f"--losses {path} must hold a JSON list of finite numbers", field="losses", value=path)
+    return [float(v) for v in data]

@@ -51,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.types import Character, GenerationRequest
     from ..models import load_base_model
 
+    from ..errors import InputError
+
+    if bool(args.ip_adapter) != bool(args.ip_encoder):  # one without the other used to be dropped silently
+        missing = "--ip-encoder" if args.ip_adapter else "--ip-adapter"
+        raise InputError(f"--ip-adapter and --ip-encoder go together; {missing} is missing",
+                         field=missing.lstrip("-").replace("-", "_"), value=None)
+    out = Path(args.out)
+    try:  # before the model load and generation, which a failed save would lose
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out} cannot be created: {exc.strerror or exc}", field="out",
+                         value=str(out)) from None
     profile = embedder = None
     if args.profile:
         from ..faces.embedder import FaceEmbedder
@@ -71,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
                                             height=args.height, width=args.width, steps=args.steps,
                                             guidance=args.guidance, keep=args.keep,
                                             max_sequence_length=args.max_sequence_length))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     for im in result.images:
         path = out / f"seed{im.seed}.png"
