@@ -23,6 +23,7 @@ file with diffusers, and any two canonical LoRAs can be hot-swapped into one ada
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .._atomic import sha256_file
 from ..errors import LoraValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -224,20 +224,28 @@ def validate_lora(
             expected=base_fingerprint, base_model=base_name)
 
     from diffusers import FluxPipeline
+    from safetensors.torch import load as load_safetensors
 
     try:
+        # One read of the file: its hash and its tensors come from the same bytes (a file re-exported
+        # meanwhile cannot pair one version's sha256 with another's weights, and a large LoRA is not read twice).
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()  # as _atomic.sha256_file
+        tensors = load_safetensors(data)
+        del data
         if fmt == "diffusers":
-            source: Any = str(path)
+            source: Any = tensors
             original_modules: set[str] = set()
         else:
-            from safetensors.torch import load_file
-
             # ComfyUI also writes lora_A/lora_B under diffusion_model.: the kohya converter takes them renamed.
             source = {k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
-                      for k, v in load_file(str(path)).items()}
+                      for k, v in tensors.items()}
             original_modules = {_kohya_module(k) for k in source}
-        state_dict, alphas, diff_meta = FluxPipeline.lora_state_dict(
+        state_dict, alphas, _ = FluxPipeline.lora_state_dict(
             source, return_alphas=True, return_lora_metadata=True, local_files_only=True)
+        # diffusers reads its adapter config from the header when given a path; we pass the tensors, so parse it here
+        raw_meta = metadata.get("lora_adapter_metadata")
+        diff_meta = json.loads(raw_meta) if fmt == "diffusers" and raw_meta else None
     except LoraValidationError:
         raise
     except Exception as exc:  # safetensors and diffusers' converters raise many types
@@ -249,7 +257,7 @@ def validate_lora(
     if original_modules:
         _check_kohya_coverage(path, original_modules, state_dict)
     return _canonicalise(path, fmt, state_dict, alphas or {}, diff_meta, metadata, modules, base_name, fp,
-                         max_rank, dtype or torch.float32)
+                         max_rank, dtype or torch.float32, sha256)
 
 
 def _kohya_module(key: str) -> str:
@@ -281,7 +289,8 @@ def _check_kohya_coverage(path: Path, original: set[str], converted: Mapping[str
             code="lora_unused_keys", field="keys", value=lost[:20], count=len(lost))
 
 
-def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, base_name, fp, max_rank, dtype):
+def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, base_name, fp, max_rank, dtype,
+                  sha256):
     import torch
     from diffusers.utils.peft_utils import _create_lora_config
     from peft.utils.other import get_pattern_key
@@ -362,6 +371,6 @@ def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, b
         canon[key] = a.to(dtype).contiguous()
         canon[f"{m}.lora_B.weight"] = b.to(dtype).contiguous()
     nbytes = sum(t.numel() * t.element_size() for t in canon.values())
-    return ValidatedLora(path=path, sha256=sha256_file(path), format=fmt, rank=rank,
+    return ValidatedLora(path=path, sha256=sha256, format=fmt, rank=rank,
                          target_modules=tuple(sorted(by_module)), base_model=base_name, base_fingerprint=fp,
                          metadata=dict(metadata), state_dict=canon, nbytes=nbytes)

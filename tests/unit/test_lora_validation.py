@@ -136,3 +136,27 @@ def test_kohya_keys_diffusers_would_drop_are_refused(env, tmp_path):
     assert v.format == "kohya"
     err = _code(_rewrite(good.kohya_path, tmp_path / "te_kohya.safetensors", edit_sd=add), modules)
     assert err.code in ("lora_unused_keys", "lora_format_unknown")
+
+
+def test_file_is_read_once_and_hash_matches_the_tensors(env, monkeypatch):
+    """The sha256 the generator records and the tensors it uses come from one read of the file
+    (a LoRA of several hundred MB used to be read twice: tensors, then a separate hash pass)."""
+    import hashlib
+
+    import safetensors.torch
+
+    import persona_ml.inference.lora_validation as lv
+
+    modules, good, _ = env
+
+    def second_read(*a, **k):
+        raise AssertionError("the LoRA file was read a second time")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", second_read)
+    monkeypatch.setattr(lv, "sha256_file", second_read, raising=False)
+    found = []
+    for path in (good.diffusers_path, good.kohya_path):
+        v = validate_lora(path, modules, base_fingerprint=FP, max_rank=16)
+        assert v.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and v.rank == 4
+        found.append(set(v.target_modules))
+    assert len(found[0]) == 4 and found[0] <= found[1]  # kohya's fused qkv adds to_v
