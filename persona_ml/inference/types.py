@@ -59,8 +59,9 @@ class GenerationRequest:
     Attributes:
         character_id: a registered character.
         prompt: the prompt; ``{trigger}`` is replaced by the character's trigger word.
-        seeds: one seed per image; image ``i`` depends only on ``seeds[i]`` (and the other fields),
-            so any image of a batch can be reproduced alone.
+        seeds: one seed per image; image ``i``'s noise depends only on ``seeds[i]`` (and the other
+            fields), so any image of a batch can be reproduced alone: bit for bit on CPU; on CUDA in
+            bf16 the batch size can change kernel choice and so the lowest bits of a pixel.
         lora_scale: strength of the character's LoRA (0 disables it, 1 as trained).
         tier: ``None`` picks the character's own tier; ``"lora"`` or ``"ip_adapter"`` forces one.
         height, width: output size in pixels (multiples of 16).
