@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,10 @@ class GenerationRequest:
             raise InputError(f"seeds must be a non-empty list of integers in [0, 2^63), got {list(seeds)!r}",
                              field="seeds", value=list(seeds))
         object.__setattr__(self, "seeds", seeds)
+        for name in ("lora_scale", "guidance", "ip_adapter_scale"):  # None/"high" used to raise a bare TypeError
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise InputError(f"{name} must be a number, got {v!r}", field=name, value=repr(v)[:100])
         if not 0.0 <= float(self.lora_scale) <= 4.0:
             raise InputError(f"lora_scale must be in [0, 4], got {self.lora_scale!r}", field="lora_scale",
                              value=self.lora_scale)

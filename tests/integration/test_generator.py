@@ -287,11 +287,13 @@ def test_requests_and_characters_are_checked_up_front():
     from persona_ml.inference import IdentityCheck, rank_best_of
 
     for bad in (dict(seeds=[]), dict(seeds=[-1]), dict(seeds=[1.5]), dict(height=50), dict(lora_scale=9.0),
-                dict(tier="magic"), dict(steps=0), dict(keep=3), dict(prompt=" ")):
+                dict(tier="magic"), dict(steps=0), dict(keep=3), dict(prompt=" "), dict(lora_scale=None),
+                dict(guidance="high"), dict(ip_adapter_scale=[1])):
         kw = {"character_id": "a", "prompt": "p", "seeds": [1, 2], **bad}
         with pytest.raises(InputError) as exc:
             GenerationRequest(**kw)
         assert exc.value.details["field"] in bad
+    assert GenerationRequest("a", "p", lora_scale=np.float32(0.5)).lora_scale == 0.5
     with pytest.raises(InputError):
         Character("bad id/../x")
     assert Character("x", lora_path="a.safetensors", reference_image="r.png").face_consistency_tier == "lora"
