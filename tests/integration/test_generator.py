@@ -54,8 +54,10 @@ def test_switch_a_b_a_reproduces_a_exactly(setup):
 
 def test_base_weights_unchanged_after_200_switches(setup):
     _, gen, _, _ = setup
+    gen.activate("B")  # both characters in the CPU cache, whatever ran before this test
     before_img, _ = render(gen, "A", seeds=(3,))
     before = gen.base_checksum()
+    start = gen.cache_stats()
     for i in range(200):
         gen.activate("A" if i % 2 else "B", lora_scale=0.5 + (i % 3) * 0.25)
     assert gen.base_checksum() == before
@@ -63,7 +65,8 @@ def test_base_weights_unchanged_after_200_switches(setup):
     after_img, _ = render(gen, "A", seeds=(3,))
     assert np.array_equal(before_img, after_img)
     stats = gen.cache_stats()
-    assert stats.loads_disk == 2 and stats.hits_memory >= 200
+    assert stats.loads_disk == start.loads_disk  # every switch served from memory, no file re-read
+    assert stats.hits_memory - start.hits_memory >= 200
 
 
 def test_each_image_of_a_batch_reproduces_alone(setup):
