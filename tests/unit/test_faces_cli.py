@@ -102,7 +102,7 @@ def test_profile_of_a_folder_without_usable_faces(tmp_path, capsys):
 
 def test_profile_out_under_a_file_is_refused_before_any_work(tmp_path, insightface_images, capsys, monkeypatch):
     # used to embed every photo, then die with a NotADirectoryError traceback in save()
-    import persona_ml.commands.faces as faces_cmd
+    import persona_ml.cli.faces as faces_cmd
 
     monkeypatch.setattr(faces_cmd, "_embedder", lambda args: pytest.fail("embedder built before --out was checked"))
     (tmp_path / "afile").write_text("x")

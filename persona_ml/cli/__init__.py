@@ -1,4 +1,4 @@
-"""``persona-ml`` command line: a thin dispatcher over ``persona_ml.commands.*``.
+"""``persona-ml`` command line: a thin dispatcher over its subcommand modules (``persona_ml.cli.faces``, ...).
 
 Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 1 internal error.
 """
@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"persona_ml.commands.{name}")
+            module = importlib.import_module(f"persona_ml.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"persona_ml.commands.{name}":
+            if exc.name == f"persona_ml.cli.{name}":
                 continue
             raise
         module.register(sub)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    from .errors import PersonaMLError
+    from ..errors import PersonaMLError
 
     try:
         return int(args.func(args))
