@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._json import jsonable
+
 
 class PersonaMLError(Exception):
     """Base class. ``code`` is stable across releases; the message is for humans."""
@@ -25,7 +27,7 @@ class PersonaMLError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"code", "message", "details"}``."""
-        return {"code": self.code, "message": self.message, "details": _jsonable(self.details)}
+        return {"code": self.code, "message": self.message, "details": jsonable(self.details)}
 
     def __reduce__(self):  # keep code/details across multiprocessing pickling
         return (_rebuild, (type(self), self.message, self.code, self.details))
@@ -36,15 +38,6 @@ def _rebuild(cls, message, code, details):
     PersonaMLError.__init__(err, message, code=code, **details)
     return err
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 class ConfigError(PersonaMLError, ValueError):

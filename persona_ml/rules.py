@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import config_dir, load_config
+from ._json import jsonable
 from .errors import InputError, LoraRuleError
 
 RULES_FILE = "lora_rules.yaml"
@@ -197,8 +198,8 @@ class RuleViolation:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "field": self.field, "limit": _plain(self.limit),
-                "actual": _plain(self.actual), "message": self.message}
+        return {"code": self.code, "field": self.field, "limit": jsonable(self.limit, fallback=repr),
+                "actual": jsonable(self.actual, fallback=repr), "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,9 @@ class RuleCheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "violations": [v.to_dict() for v in self.violations],
-                "request": _plain(self.request.to_dict()), "defaults_filled": _plain(self.defaults_filled),
-                "normalized": _plain(self.normalized), "credit_cost": self.credit_cost}
+                "request": jsonable(self.request.to_dict(), fallback=repr),
+                "defaults_filled": jsonable(self.defaults_filled, fallback=repr),
+                "normalized": jsonable(self.normalized, fallback=repr), "credit_cost": self.credit_cost}
 
     def summary(self) -> str:
         """A few readable lines: OK or each violation, then defaults and cost."""
@@ -391,12 +393,3 @@ def _int_setting(value: Any, name: str, short: str, setting: IntSetting, violati
                                         f"{name} {value} is above the maximum {setting.max}"))
     return value
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)

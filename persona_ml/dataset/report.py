@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .._json import jsonable
 from ..faces.types import FaceObservation
 
 
@@ -63,7 +62,7 @@ class ScreenedImage:
                 "face": None if self.face is None else self.face.to_dict(),
                 "other_faces": [[round(float(v), 1) for v in b] for b in self.other_faces],
                 "framing": self.framing, "pose": self.pose, "duplicate_of": self.duplicate_of,
-                "metrics": _plain(self.metrics), "warnings": list(self.warnings)}
+                "metrics": jsonable(self.metrics), "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,9 @@ class DatasetReport:
             "coverage": self.coverage.to_dict(),
             "rule_violations": [v.to_dict() for v in self.rule_violations],
             "rules": None if self.rules is None else self.rules.to_dict(),
-            "thresholds": _plain(self.thresholds), "overrides": list(self.overrides),
+            "thresholds": jsonable(self.thresholds), "overrides": list(self.overrides),
             "warnings": list(self.warnings), "profile_fingerprint": self.profile_fingerprint,
-            "provenance": _plain(self.provenance), "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "provenance": jsonable(self.provenance), "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -184,12 +183,3 @@ class DatasetReport:
                               "overrides": list(self.overrides), "near_duplicates_kept": flagged,
                               "coverage": self.coverage.to_dict()}}
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value

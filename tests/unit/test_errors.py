@@ -35,3 +35,16 @@ def test_import_is_light_and_side_effect_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert persona_ml.__version__
+
+
+def test_jsonable_converts_nested_numpy_and_unknown_values():
+    from pathlib import Path
+
+    import numpy as np
+
+    from persona_ml._json import jsonable
+
+    out = jsonable({"a": (1, np.float32(0.5)), 2: [None, np.int64(3)], "p": Path("x")})
+    assert out == {"a": [1, 0.5], "2": [None, 3], "p": "x"}
+    assert json.loads(json.dumps(out)) == out
+    assert jsonable(Path("x"), fallback=repr) == "PosixPath('x')"
