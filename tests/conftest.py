@@ -60,3 +60,21 @@ def insightface_images() -> Path:
     if not path.is_dir():
         pytest.skip(f"insightface wheel has no data/images at {path}")
     return path
+
+
+@pytest.fixture
+def load_gpu_check():
+    """Loader of ``scripts/gpu_check.py`` as a fresh module (each call re-executes it)."""
+    import importlib.util
+    import sys
+
+    script = REPO / "scripts" / "gpu_check.py"
+
+    def load():
+        spec = importlib.util.spec_from_file_location("gpu_check", script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gpu_check"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

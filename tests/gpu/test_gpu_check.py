@@ -3,29 +3,16 @@ tests/unit/test_gpu_check_dry_run.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.gpu
-def test_full_flux_dev_check_on_gpu(tmp_path):
+def test_full_flux_dev_check_on_gpu(load_gpu_check, tmp_path):
     """The real check at FLUX.1-dev size (about 2-4 minutes on an H100/H200)."""
     report_path = tmp_path / "gpu.json"
-    code = _load().main(["--quick", "--json", str(report_path)])
+    code = load_gpu_check().main(["--quick", "--json", str(report_path)])
     report = json.loads(report_path.read_text())  # written even when a phase failed
     assert code == 0, (report["errors"], report["skipped"])
     assert 11.5 < report["params_billion"] < 12.5

@@ -3,36 +3,23 @@ code path, so the GPU check cannot rot on machines without a GPU (tests/gpu runs
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_help_runs_without_a_gpu(capsys):
+def test_help_runs_without_a_gpu(load_gpu_check, capsys):
     with pytest.raises(SystemExit) as exc:
-        _load().main(["--help"])
+        load_gpu_check().main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--quick" in out and "--dry-run" in out and "--json" in out
 
 
-def test_dry_run_exercises_the_whole_code_path(tmp_path):
+def test_dry_run_exercises_the_whole_code_path(load_gpu_check, tmp_path):
     report_path = tmp_path / "report.json"
-    assert _load().main(["--dry-run", "--json", str(report_path)]) == 0
+    assert load_gpu_check().main(["--dry-run", "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["ok"] is True and report["plan"]["dtype"] == "bfloat16"
     assert [t["resolution"] for t in report["train"]] == [64, 128]
@@ -51,8 +38,8 @@ def test_dry_run_exercises_the_whole_code_path(tmp_path):
 _SMALL = ["--dry-run", "--resolutions", "64", "128", "--steps", "1"]
 
 
-def test_a_failing_phase_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
-    module = _load()
+def test_a_failing_phase_is_recorded_and_the_others_still_run(load_gpu_check, tmp_path, monkeypatch):
+    module = load_gpu_check()
     real = module.train_timing
 
     def oom_at_64(model, params, plan, resolution, deadline=math.inf):
@@ -71,8 +58,8 @@ def test_a_failing_phase_is_recorded_and_the_others_still_run(tmp_path, monkeypa
     assert report["inference"]["s_per_forward"] > 0
 
 
-def test_a_failed_build_still_writes_the_report(tmp_path, monkeypatch):
-    module = _load()
+def test_a_failed_build_still_writes_the_report(load_gpu_check, tmp_path, monkeypatch):
+    module = load_gpu_check()
 
     def boom(plan):
         raise RuntimeError("no kernel image is available for execution on the device")
@@ -85,21 +72,21 @@ def test_a_failed_build_still_writes_the_report(tmp_path, monkeypatch):
     assert {s["phase"] for s in report["skipped"]} == {"train_64", "train_128", "inference"}
 
 
-def test_the_time_budget_stops_the_check_and_says_so(tmp_path):
+def test_the_time_budget_stops_the_check_and_says_so(load_gpu_check, tmp_path):
     report_path = tmp_path / "report.json"
-    assert _load().main([*_SMALL, "--budget-s", "0.01", "--json", str(report_path)]) == 1
+    assert load_gpu_check().main([*_SMALL, "--budget-s", "0.01", "--json", str(report_path)]) == 1
     report = json.loads(report_path.read_text())
     assert report["ok"] is False and report["errors"] == []
     assert [s["phase"] for s in report["skipped"]] == ["train_64", "train_128", "inference"]
     assert all("budget" in s["reason"] for s in report["skipped"])
 
 
-def test_no_cuda_device_exits_2_with_a_report(tmp_path, monkeypatch):
+def test_no_cuda_device_exits_2_with_a_report(load_gpu_check, tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     report_path = tmp_path / "report.json"
-    assert _load().main(["--quick", "--device", "cuda", "--json", str(report_path)]) == 2
+    assert load_gpu_check().main(["--quick", "--device", "cuda", "--json", str(report_path)]) == 2
     report = json.loads(report_path.read_text())
     assert report["ok"] is False and report["errors"][0]["phase"] == "device"
     assert "CUDA" in report["errors"][0]["message"]
