@@ -92,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
     say("3. screening the training photos")
     candidates = photos + ([intruder] if intruder else [])
-    report = screen_dataset(candidates, clean, embedder)
+    faces = embedder.analyze(candidates)  # detect + embed once; both screening passes reuse it
+    report = screen_dataset(candidates, clean, embedder, faces=faces)
     print(report.summary())
     if not report.ok and demo_views:
         print("\n*** OVERRIDE: allow_near_duplicates=True. DEMO ONLY: these views are copies of ONE photo; a real")
         print("*** character needs 10+ distinct photos. Every kept copy stays flagged in the report. ***\n")
-        report = screen_dataset(candidates, clean, embedder,
+        report = screen_dataset(candidates, clean, embedder, faces=faces,
                                 config=ScreeningConfig(allow_near_duplicates=True))
         print(report.summary())
     (out / "dataset_report.json").write_text(report.to_json())
