@@ -72,8 +72,8 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
             img = face_recognition.load_image_file(path)
             locs = face_recognition.face_locations(img)
             encs = face_recognition.face_encodings(img, locs)
-            return [((float(l), float(t), float(r), float(b)), np.asarray(e, np.float32))
-                    for (t, r, b, l), e in zip(locs, encs)]
+            return [((float(left), float(t), float(r), float(b)), np.asarray(e, np.float32))
+                    for (t, r, b, left), e in zip(locs, encs)]
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_peak_mb()
     tracemalloc.start()
@@ -84,7 +84,7 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
         t_img = time.perf_counter()
         try:
             faces = run(path)
-        except Exception as exc:  # a pipeline failing on one photo counts as a miss
+        except Exception as exc:  # noqa: BLE001 (a pipeline failing on one photo counts as a miss)
             faces = []
             print(f"{kind}: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if faces:

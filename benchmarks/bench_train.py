@@ -69,7 +69,8 @@ def run_one(case: str, cache: bool, steps: int, workdir: Path) -> dict:
     # CPU seconds of this process per step (all threads): barely moved by other processes' load
     cpu_times = sorted(b - a for a, b in zip(cpu_stamps, cpu_stamps[1:]))
     params = sum(p.numel() for p in loader._base.transformer.parameters())
-    return {"case": case, "cache": cache, "s_per_step": step_times[len(step_times) // 2] if step_times else result.timings["s_per_step"],
+    median_step = step_times[len(step_times) // 2] if step_times else result.timings["s_per_step"]
+    return {"case": case, "cache": cache, "s_per_step": median_step,
             "mean_s_per_step": result.timings["s_per_step"],
             "cpu_s_per_step": cpu_times[len(cpu_times) // 2] if cpu_times else 0.0,
             "encode_s": result.timings.get("encode", 0.0), "load_s": result.timings.get("load", 0.0),

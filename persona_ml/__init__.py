@@ -12,7 +12,7 @@ from ._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     ArtifactError,
     BackendUnavailableError,
     ConfigError,
@@ -26,7 +26,7 @@ from .errors import (  # noqa: E402
     PersonaMLError,
     TrainingError,
 )
-from .images import ImageLimits, LoadedImage, load_image  # noqa: E402
+from .images import ImageLimits, LoadedImage, load_image
 
 # name -> module that defines it; resolved on first access so `import persona_ml` stays light.
 _LAZY = {

@@ -11,25 +11,52 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ENV = "PERSONA_ML_CONFIG_DIR"
+
+
+def packaged_config_dir() -> Path:
+    """The folder of default YAML configs that ships inside the package (``persona_ml/configs``)."""
+    from importlib.resources import files
+
+    return Path(str(files("persona_ml") / "configs"))
 
 
 def config_dir() -> Path:
-    """The folder holding the packaged YAML configs (``PERSONA_ML_CONFIG_DIR`` overrides)."""
-    env = os.environ.get("PERSONA_ML_CONFIG_DIR")
+    """The user config folder named by ``PERSONA_ML_CONFIG_DIR`` if set, else the packaged one.
+
+    Prefer ``config_file(name)``: it falls back to the packaged default for files the user
+    folder does not hold.
+    """
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else packaged_config_dir()
+
+
+def config_file(name: str | os.PathLike) -> Path:
+    """Resolve a config by its name relative to the configs folder (``"lora_rules.yaml"``,
+    ``"train/tiny-cpu.yaml"``).
+
+    Order of precedence (the first that exists wins):
+
+    1. an explicit ``path=`` argument of the loader that calls this (handled by the caller);
+    2. ``$PERSONA_ML_CONFIG_DIR/<name>``: a user folder may override any subset of the files;
+    3. the default packaged with the library (``persona_ml/configs/<name>``).
+
+    Returns the packaged path when neither exists, so the error names where the default lives.
+    """
+    env = os.environ.get(CONFIG_ENV)
     if env:
-        return Path(env)
-    if CONFIG_DIR.is_dir():
-        return CONFIG_DIR
-    # installed (non-editable) layout: configs shipped as package data
-    return Path(__file__).resolve().parent / "configs"
+        candidate = Path(env) / name
+        if candidate.is_file():
+            return candidate
+    return packaged_config_dir() / name
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,15 +1,53 @@
-"""Error hierarchy: every error the library raises on purpose is a ``PersonaMLError``.
+"""Error hierarchy and the registry of error codes.
 
-Each error carries a stable ``code`` string that the service layer maps to an HTTP status
-(``http_status`` is the suggested mapping) and a ``details`` dict with the offending field and
-value. Subclasses also inherit the matching built-in exception so generic handlers still work.
+Every error the library raises on purpose is a ``PersonaMLError``. Each carries a stable ``code``
+string that the service layer maps to an HTTP status and a ``details`` dict with the offending
+field and value. Every code is declared exactly once, in ``ERROR_CODES`` below, with its HTTP
+status and meaning; ``http_status`` of an error comes from its code's entry. A class's default
+``code`` is only a fallback: an error raised without a declared code is recorded in
+``UNDECLARED_CODES_SEEN`` and logged (the test suite fails on it). Subclasses also
+inherit the matching built-in exception so generic handlers still work.
+
+The README's error table lists exactly the declared codes (a test checks both directions, and that
+every code the package raises is declared).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ._json import jsonable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One declared error code: what the service layer answers and what it means."""
+
+    code: str
+    http_status: int
+    meaning: str
+
+
+ERROR_CODES: dict[str, ErrorCode] = {}
+
+#: codes constructed at run time that are not declared (a programming error; tests fail on it)
+UNDECLARED_CODES_SEEN: list[str] = []
+
+
+def _declare(http_status: int, table: dict[str, str]) -> None:
+    for code, meaning in table.items():
+        if code in ERROR_CODES:
+            raise RuntimeError(f"error code {code!r} is declared twice")
+        ERROR_CODES[code] = ErrorCode(code, http_status, meaning)
+
+
+def error_code(code: str) -> ErrorCode | None:
+    """The declared entry of ``code`` (``None`` if it is not declared)."""
+    return ERROR_CODES.get(code)
 
 
 class PersonaMLError(Exception):
@@ -22,6 +60,12 @@ class PersonaMLError(Exception):
         super().__init__(message)
         if code is not None:
             self.code = code
+        entry = ERROR_CODES.get(self.code)
+        if entry is None:
+            UNDECLARED_CODES_SEEN.append(self.code)
+            log.error("error code %r is not declared in persona_ml.errors.ERROR_CODES", self.code)
+        else:
+            self.http_status = entry.http_status
         self.message = message
         self.details: dict[str, Any] = details
 
@@ -39,7 +83,6 @@ def _rebuild(cls, message, code, details):
     return err
 
 
-
 class ConfigError(PersonaMLError, ValueError):
     """A config file or override is invalid (unknown key, wrong type, out of range)."""
 
@@ -55,17 +98,15 @@ class InputError(PersonaMLError, ValueError):
 
 
 class ImageError(PersonaMLError, ValueError):
-    """An image could not be accepted. Codes: ``image_empty``, ``image_truncated``,
-    ``image_not_an_image``, ``image_format_not_allowed``, ``image_too_large``,
-    ``image_too_small``, ``image_unreadable``."""
+    """An image could not be accepted (``image_*`` codes)."""
 
     code = "image_invalid"
     http_status = 422
 
 
 class FaceError(PersonaMLError, ValueError):
-    """A face-level problem with an otherwise valid image. Codes: ``no_face``,
-    ``multiple_faces``, ``face_too_small``."""
+    """A face-level problem with an otherwise valid image (``no_face``, ``multiple_faces``,
+    ``face_too_small``)."""
 
     code = "face_error"
     http_status = 422
@@ -84,6 +125,14 @@ class BackendUnavailableError(PersonaMLError, ImportError):
 
     code = "backend_unavailable"
     http_status = 503
+
+
+class BackendError(PersonaMLError, RuntimeError):
+    """A library or model backend failed while working on valid input (a fault of ours or of a
+    library, never the user's): the original exception is chained as ``__cause__``."""
+
+    code = "backend_error"
+    http_status = 500
 
 
 class ModelMismatchError(PersonaMLError, ValueError):
@@ -109,20 +158,138 @@ class LoraRuleError(PersonaMLError, ValueError):
     def __init__(self, message: str, violations: list | tuple = (), **details: Any) -> None:
         super().__init__(message, **details)
         self.violations = list(violations)
-        self.details.setdefault("violations", [getattr(v, "to_dict", lambda: v)() for v in violations])
+        self.details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
 
 
 class TrainingError(PersonaMLError, RuntimeError):
-    """A training job failed. Codes include ``training_nan_loss``, ``training_cancelled``,
-    ``checkpoint_invalid``."""
+    """A training job failed (``training_*``, ``checkpoint_invalid``, ``out_of_memory``...)."""
 
     code = "training_failed"
     http_status = 500
 
 
 class LoraValidationError(PersonaMLError, ValueError):
-    """A LoRA file cannot be used with this base model. Codes include ``lora_format_unknown``,
-    ``lora_base_mismatch``, ``lora_rank_too_large``, ``lora_unused_keys``."""
+    """A LoRA file cannot be used with this base model (``lora_*`` codes)."""
 
     code = "lora_invalid"
     http_status = 422
+
+
+# --- the registry: every code, once -------------------------------------------------------------
+# Each area keeps its codes in its own block so that additions do not collide.
+
+# generic
+_declare(400, {
+    "config_invalid": "a config file or override is invalid (unknown key, wrong type, out of range)",
+    "invalid_input": "an argument has the wrong type or value; details name the field",
+})
+
+# backend_error (BackendError's code) is declared by the first change that raises it (issue 8)
+
+# images
+_declare(422, {
+    "image_empty": "the upload has no bytes",
+    "image_truncated": "the image data is truncated or corrupt",
+    "image_not_an_image": "the bytes are not an image in any known format",
+    "image_format_not_allowed": "the image format is not on the allowlist",
+    "image_too_large": "more pixels or bytes than the limit (read from the header before decoding)",
+    "image_too_small": "a side is shorter than the minimum",
+    "image_unreadable": "the image file or object cannot be read",
+})
+
+# faces and profiles
+_declare(422, {
+    "no_face": "no face was detected",
+    "multiple_faces": "several faces of similar size: the primary face is ambiguous",
+    "face_too_small": "the face is smaller than the minimum size",
+    "profile_corrupt": "a saved profile cannot be read",
+    "profile_format_unknown": "a saved profile has an unknown format version",
+    "profile_not_found": "no profile at that path",
+})
+_declare(400, {
+    "duplicate_reference": "two references come from the same image",
+    "profile_empty": "no references to build a profile from",
+})
+
+# models, packs and backends
+_declare(503, {
+    "model_not_found": "model weights were not found locally (details list every path searched)",
+    "model_corrupt": "a model weight file is damaged",
+    "backend_unavailable": "an optional dependency is not installed",
+    "provider_unavailable": "an accelerator was asked for and is not available",
+})
+_declare(422, {
+    "manifest_invalid": "a dataset or pack manifest is malformed",
+    "model_checksum_mismatch": "a model file does not match its recorded checksum",
+    "model_load_failed": "a model file cannot be loaded",
+    "model_manifest_invalid": "a model pack manifest is malformed",
+    "model_signature_mismatch": "a model's inputs/outputs are not those of its declared role",
+})
+_declare(400, {
+    "model_pack_ambiguous": "several model packs match; name one",
+    "base_model_unknown": "no base model of that name is configured",
+    "thresholds_missing": "no identity thresholds are configured for this model",
+})
+_declare(409, {
+    "model_mismatch": "artefacts made by different models were compared or combined",
+    "base_model_mismatch": "an artefact was made for another base model",
+})
+
+# rules and datasets
+_declare(422, {
+    "lora_rules_violation": "the LoRA request violates the platform's rules (details list every violation)",
+})
+_declare(400, {
+    "invalid_trigger": "the trigger word is empty, too long or has separators",
+    "out_dir_not_empty": "the output folder holds unrelated files",
+})
+
+# training and export
+_declare(500, {
+    "training_failed": "the training job failed (cause chained)",
+    "training_nan_loss": "the loss became NaN or infinite",
+    "checkpoint_invalid": "a checkpoint cannot be resumed from",
+    "out_of_memory": "the device ran out of memory",
+})
+_declare(503, {
+    "device_unavailable": "the requested device is not present",
+})
+_declare(400, {
+    "export_dir_not_empty": "the export folder holds files that are not a LoRA export",
+    "lora_metadata_mismatch": "the LoRA metadata disagrees with its tensors",
+    "lora_target_unmatched": "a LoRA target module matches no layer of the model",
+})
+_declare(422, {
+    "lora_module_unmappable": "a LoRA module has no equivalent in the requested file format",
+    "lora_adapter_ambiguous": "the model holds several adapters; name one",
+    "lora_empty": "there are no LoRA weights",
+    "lora_format_unsupported": "the adapter kind or dtype cannot be stored in this format",
+    "lora_keys_invalid": "LoRA keys are malformed or incomplete",
+    "lora_metadata_missing": "the LoRA header lacks persona_ml metadata",
+    "lora_not_found": "no LoRA file at that path",
+})
+
+# LoRA validation and generation
+_declare(422, {
+    "lora_format_unknown": "the LoRA keys are in no format diffusers can convert",
+    "lora_file_invalid": "the LoRA file is not a readable safetensors file",
+    "lora_base_mismatch": "the LoRA was made for another base model",
+    "lora_base_unknown": "the LoRA does not say which base model it was made for",
+    "lora_rank_too_large": "the LoRA's rank is above the generator's slot",
+    "lora_shape_mismatch": "a LoRA tensor's shape does not fit its module",
+    "lora_unused_keys": "keys that no module of the base model would use",
+})
+_declare(400, {
+    "base_has_adapters": "the base pipeline already holds adapters",
+    "character_unknown": "no character of that id is registered",
+    "character_has_no_lora": "the character has no LoRA",
+    "tier_unavailable": "the character lacks what the requested tier needs",
+})
+
+# screening (issue 10)
+
+# hostile input and faults (issue 12)
+
+# voice (issue 13)
+
+# video (issue 14)

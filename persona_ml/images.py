@@ -22,11 +22,14 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
 
 from .errors import ImageError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], "PIL.Image.Image", np.ndarray]
 
@@ -231,12 +234,12 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
         orientation = 1
         try:
             orientation = int(img.getexif().get(0x0112, 1) or 1)
-        except Exception:  # malformed EXIF must not reject an otherwise good photo
+        except Exception:  # noqa: BLE001 (malformed EXIF must not reject an otherwise good photo)
             orientation = 1
         if orientation != 1:
             try:
                 img = ImageOps.exif_transpose(img)
-            except Exception:
+            except Exception:  # noqa: BLE001 (as above: keep the photo as stored)
                 orientation = 1
         pixels = _to_rgb(img)
     _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
@@ -341,7 +344,7 @@ def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
         orientation = int(img.getexif().get(0x0112, 1) or 1)
         if orientation != 1:
             img = ImageOps.exif_transpose(img)
-    except Exception:  # malformed EXIF must not reject an otherwise good photo
+    except Exception:  # noqa: BLE001 (malformed EXIF must not reject an otherwise good photo)
         orientation = 1
     pixels = _to_rgb(img)
     _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
@@ -365,7 +368,7 @@ def _plugin_available(fmt: str) -> bool:
         try:
             if features.check("avif"):
                 return True
-        except Exception:
+        except Exception:  # noqa: BLE001 (a broken optional codec probe means "not available")
             pass
     try:  # pillow-heif / pillow-avif-plugin register themselves on import
         if fmt == "HEIF":

@@ -19,12 +19,13 @@ import dataclasses
 import functools
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .config import config_dir, load_config
 from ._json import jsonable
+from .config import config_file, load_config
 from .errors import InputError, LoraRuleError
 
 RULES_FILE = "lora_rules.yaml"
@@ -114,7 +115,7 @@ def load_rules(path: str | os.PathLike | None = None) -> LoraRules:
     Raises:
         ConfigError: missing file, unknown key, wrong type or inconsistent limits.
     """
-    path = Path(path) if path is not None else config_dir() / RULES_FILE
+    path = Path(path) if path is not None else config_file(RULES_FILE)
     return _load_rules_cached(str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0)
 
 
@@ -148,7 +149,7 @@ class LoraRequest:
     trigger: Any = None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LoraRequest":
+    def from_dict(cls, data: Mapping[str, Any]) -> LoraRequest:
         """Build from a JSON-like mapping; ``steps``/``rank`` are accepted as short names.
 
         Raises:

@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from persona_ml.images import list_images  # noqa: E402
+from persona_ml.images import list_images
 
 
 def say(title: str) -> None:

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = run(plan, budget_s=args.budget_s, t_start=t_start, on_update=save)
-    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt too: the report still lands
+    except BaseException as exc:
         report = latest.get("report") or _base_report(plan)  # keep the phases that finished
         report["ok"] = False
         report["errors"].append(_error_record("run", exc))

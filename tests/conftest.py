@@ -20,12 +20,24 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_gpu = torch.cuda.is_available()
-    except Exception:
+    except Exception:  # noqa: BLE001 (a broken CUDA install means "no GPU" here)
         has_gpu = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _error_codes_are_declared():
+    """Fail any test during which the library built a PersonaMLError with an undeclared code."""
+    from persona_ml import errors
+
+    before = len(errors.UNDECLARED_CODES_SEEN)
+    yield
+    seen = errors.UNDECLARED_CODES_SEEN[before:]
+    del errors.UNDECLARED_CODES_SEEN[before:]
+    assert not seen, f"errors raised with codes not declared in persona_ml.errors.ERROR_CODES: {seen}"
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ without being upscaled by more than ``max_upscale``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 BUCKET_MULTIPLE = 16  # 8x VAE downsampling x 2x2 latent packing
 

@@ -45,7 +45,7 @@ class PreparedItem:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreparedItem":
+    def from_dict(cls, d: dict[str, Any]) -> PreparedItem:
         try:
             return cls(id=str(d["id"]), image=str(d["image"]), caption=str(d["caption"]),
                        width=int(d["width"]), height=int(d["height"]), source_sha256=str(d["source_sha256"]),

@@ -7,8 +7,8 @@ box grown a little so forehead and chin are in), falling smoothly to 0 (a smooth
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

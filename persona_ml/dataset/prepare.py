@@ -14,9 +14,10 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from .._atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 from ..errors import InputError, PersonaMLError
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, load_image
-from .captions import DEFAULT_FACE_TRAIT_TERMS, CaptionItem, Captioner, SidecarCaptioner, build_caption
+from .captions import DEFAULT_FACE_TRAIT_TERMS, Captioner, CaptionItem, SidecarCaptioner, build_caption
 from .crops import CropPlan, clip_box, face_in_crop, framing_of, overlap_fraction, plan_crop
 from .manifest import MANIFEST_FORMAT_VERSION, PreparedDatasetInfo, PreparedItem, dataset_hash, write_manifest
 from .masks import MaskConfig, face_mask

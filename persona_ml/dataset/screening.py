@@ -32,9 +32,10 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -336,7 +337,7 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
     if c.others:
         c.warnings.append({"code": "background_faces",
                            "message": f"{len(c.others)} smaller face(s) in the background; crops leave them out"})
-    fw, fh = face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]
+    fh = face.bbox[3] - face.bbox[1]
     c.framing = framing_of(face.bbox, (0, 0, img.width, img.height), cfg.closeup_min_face_ratio,
                            cfg.half_body_min_face_ratio)
     c.pose = None if face.pose is None else pose_bucket(float(face.pose[0]))

@@ -15,8 +15,9 @@ Example ``dataset.yaml`` (every key optional; unknown keys are errors)::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..config import load_config
 from .prepare import PrepareConfig

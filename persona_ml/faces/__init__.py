@@ -6,7 +6,6 @@ Heavy pieces load lazily: ``import persona_ml.faces`` imports neither dlib nor o
 from __future__ import annotations
 
 from .._lazy import lazy_getattr
-
 from .types import FaceObservation, ModelProvenance, l2_normalize
 
 _LAZY = {

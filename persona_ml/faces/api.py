@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..images import ImageSource
 from .embedder import FaceEmbedder

@@ -22,8 +22,9 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ class DlibBackend:
                  detect_max_side: int = 800, upsample_if_none: int = 1, num_jitters: int = 0,
                  padding: float = 0.25, adjust_threshold: float = 0.0) -> None:
         try:
-            import dlib  # noqa: F401
+            import dlib
         except ImportError as exc:
             raise BackendUnavailableError(
                 "the dlib face backend needs dlib and its models: pip install 'persona-ml[dlib]' "

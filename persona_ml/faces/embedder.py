@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import FaceError, ImageError, InputError, PersonaMLError
 from ..images import ImageLimits, ImageSource, LoadedImage, load_image
@@ -131,7 +132,7 @@ class FaceEmbedder:
                     results[i] = exc
             if not loaded:
                 continue
-            for (i, img), faces in zip(loaded, self._analyze_loaded([img for _, img in loaded])):
+            for (i, _img), faces in zip(loaded, self._analyze_loaded([img for _, img in loaded])):
                 results[i] = faces
         return results
 

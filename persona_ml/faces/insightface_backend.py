@@ -31,8 +31,9 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -154,7 +155,7 @@ def create_session(path: str | os.PathLike, device: str = "cpu", *, num_threads:
             from insightface.model_zoo.onnxruntime_utils import preload_cuda_libraries
 
             preload_cuda_libraries(providers)
-        except Exception:  # noqa: BLE001 - best effort; the provider check below decides
+        except Exception:
             logger.debug("onnxruntime CUDA preload failed", exc_info=True)
     sess_options = ort.SessionOptions()
     sess_options.log_severity_level = 3  # the fallback warning is replaced by our own error
@@ -163,7 +164,7 @@ def create_session(path: str | os.PathLike, device: str = "cpu", *, num_threads:
     try:
         session = ort.InferenceSession(str(path), sess_options=sess_options, providers=providers,
                                        provider_options=options)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
+    except Exception as exc:
         raise ArtifactError(f"onnxruntime could not load {path}: {exc}", code="model_load_failed",
                             field="model", value=str(path)) from exc
     active = list(session.get_providers())

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import ArtifactError, BackendUnavailableError, InputError, ModelNotFoundError
 
@@ -96,7 +97,7 @@ def read_signature(path: str | os.PathLike) -> OnnxSignature:
     except ImportError as exc:
         raise BackendUnavailableError("the insightface backend needs the 'onnx' package: pip install onnx",
                                       field="backend", value=BACKEND_NAME) from exc
-    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+    except Exception as exc:
         raise ArtifactError(f"{path} is not a readable ONNX model: {exc}", code="model_load_failed",
                             field="model", value=str(path)) from exc
     graph = model.graph

@@ -21,9 +21,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class FaceProfile:
     # construction ------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, observations: Sequence[FaceObservation], thresholds: FaceThresholds | None = None) -> "FaceProfile":
+    def build(cls, observations: Sequence[FaceObservation], thresholds: FaceThresholds | None = None) -> FaceProfile:
         """Build a profile from reference faces (one per reference photo).
 
         Args:
@@ -133,7 +134,7 @@ class FaceProfile:
 
     @classmethod
     def _from_arrays(cls, embeddings: np.ndarray, hashes: Sequence[str], provenance: ModelProvenance,
-                     thresholds: FaceThresholds, created_by: str | None = None) -> "FaceProfile":
+                     thresholds: FaceThresholds, created_by: str | None = None) -> FaceProfile:
         if embeddings.ndim != 2 or embeddings.shape[1] != provenance.dim:
             raise InputError(f"embeddings must be (N, {provenance.dim}) for {provenance.model_name}, "
                              f"got {embeddings.shape}", field="embeddings", value=list(embeddings.shape))
@@ -160,7 +161,7 @@ class FaceProfile:
                    reference_scores=scores, outliers=outliers, provenance=provenance, thresholds=thresholds,
                    created_by=created_by or _created_by())
 
-    def add(self, observation: FaceObservation) -> "FaceProfile":
+    def add(self, observation: FaceObservation) -> FaceProfile:
         """A new profile with one more reference; identical to rebuilding from all references.
 
         Raises:
@@ -255,7 +256,7 @@ class FaceProfile:
         return base
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FaceProfile":
+    def load(cls, path: str | os.PathLike) -> FaceProfile:
         """Load a profile saved by ``save`` (``PATH``, ``PATH.json`` or ``PATH.safetensors``).
 
         Raises:
@@ -294,7 +295,7 @@ class FaceProfile:
         try:
             try:
                 tensors = st_load(blob)
-            except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            except Exception as exc:
                 raise ValueError(f"{st_path.name} is not a readable safetensors file: {exc}") from exc
             provenance = ModelProvenance.from_dict(meta["provenance"])
             thresholds = FaceThresholds.from_dict(meta["thresholds"])

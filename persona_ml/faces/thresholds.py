@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from ..config import config_dir, from_dict, read_yaml
+from ..config import config_file, from_dict, read_yaml
 from ..errors import ConfigError
 from .types import ModelProvenance
 
@@ -72,7 +73,7 @@ class FaceThresholds:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FaceThresholds":
+    def from_dict(cls, data: Mapping[str, Any]) -> FaceThresholds:
         """Strict: unknown or missing keys raise ``ConfigError``."""
         return from_dict(cls, dict(data), "thresholds")
 
@@ -86,7 +87,7 @@ def load_thresholds_table(path: str | os.PathLike | None = None) -> dict[str, di
     Raises:
         ConfigError: missing file, unknown key (with its dotted path) or a bad value.
     """
-    path = Path(path) if path is not None else config_dir() / THRESHOLDS_FILE
+    path = Path(path) if path is not None else config_file(THRESHOLDS_FILE)
     data = read_yaml(path)
     table: dict[str, dict[str, FaceThresholds]] = {}
     for backend, models in data.items():
@@ -118,7 +119,7 @@ def thresholds_for(provenance: ModelProvenance, path: str | os.PathLike | None =
     Raises:
         ConfigError: code ``thresholds_missing`` when the backend has no section or no usable entry.
     """
-    file = Path(path) if path is not None else config_dir() / THRESHOLDS_FILE
+    file = Path(path) if path is not None else config_file(THRESHOLDS_FILE)
     try:
         key = (str(file.resolve()), file.stat().st_mtime)
     except OSError:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,10 @@ class ModelProvenance:
         payload = json.dumps([self.backend, self.model_name, sorted(self.files.items()), self.dim])
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def is_compatible(self, other: "ModelProvenance") -> bool:
+    def is_compatible(self, other: ModelProvenance) -> bool:
         return self.fingerprint == other.fingerprint
 
-    def require_compatible(self, other: "ModelProvenance", what: str = "embedding") -> None:
+    def require_compatible(self, other: ModelProvenance, what: str = "embedding") -> None:
         """Raise ``ModelMismatchError`` unless ``other`` was made by the same model."""
         if not self.is_compatible(other):
             raise ModelMismatchError(
@@ -57,7 +58,7 @@ class ModelProvenance:
                 "fingerprint": self.fingerprint}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelProvenance":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelProvenance:
         return cls(backend=str(data["backend"]), model_name=str(data["model_name"]),
                    files=dict(data["files"]), dim=int(data["dim"]), license=str(data["license"]),
                    commercial_use=data.get("commercial_use"))
@@ -104,7 +105,7 @@ class FaceObservation:
         x0, y0, x1, y1 = self.bbox
         return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
 
-    def similarity(self, other: "FaceObservation") -> float:
+    def similarity(self, other: FaceObservation) -> float:
         """Cosine similarity of two embeddings; refuses embeddings of another model."""
         self.provenance.require_compatible(other.provenance)
         return float(np.dot(self.embedding, other.embedding))

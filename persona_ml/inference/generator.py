@@ -34,9 +34,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InputError, LoraValidationError
 from .identity import rank_best_of, score_images
@@ -482,8 +483,9 @@ class CharacterGenerator:
                 self._set_scale(0.0)
                 self._use_processors("ip_adapter")
                 ref = request.reference_image if request.reference_image is not None else character.reference_image
-                from ..images import load_image
                 from PIL import Image
+
+                from ..images import load_image
 
                 extra["ip_adapter_image"] = Image.fromarray(load_image(ref, name="reference_image").pixels)
                 self.pipe.set_ip_adapter_scale(float(request.ip_adapter_scale))

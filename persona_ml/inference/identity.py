@@ -11,7 +11,8 @@ just an image. Flags:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .types import IdentityCheck
 

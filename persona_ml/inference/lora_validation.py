@@ -28,9 +28,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LoraValidationError
 
@@ -74,7 +75,7 @@ class ValidatedLora:
     base_model: str | None
     base_fingerprint: str | None
     metadata: Mapping[str, str] = field(repr=False)
-    state_dict: Mapping[str, "torch.Tensor"] = field(repr=False)
+    state_dict: Mapping[str, torch.Tensor] = field(repr=False)
     nbytes: int = 0
 
     def peft_metadata(self) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def validate_lora(
     base_fingerprint: str | None,
     max_rank: int,
     require_base_fingerprint: bool = True,
-    dtype: "torch.dtype | None" = None,
+    dtype: torch.dtype | None = None,
 ) -> ValidatedLora:
     """Validate a LoRA file for this base model and return it in canonical form.
 
@@ -248,7 +249,7 @@ def validate_lora(
         diff_meta = json.loads(raw_meta) if fmt == "diffusers" and raw_meta else None
     except LoraValidationError:
         raise
-    except Exception as exc:  # safetensors and diffusers' converters raise many types
+    except Exception as exc:  # noqa: BLE001 (safetensors and diffusers' converters raise many types)
         text = f"{type(exc).__name__}: {exc}"
         code = "lora_file_invalid" if "safetensors" in text.lower() or "header" in text.lower() else \
             "lora_format_unknown"
@@ -279,7 +280,7 @@ def _check_kohya_coverage(path: Path, original: set[str], converted: Mapping[str
         if k.startswith("transformer.") and k.endswith(".lora_A.weight"):
             try:
                 covered.add(kohya_name(k[len("transformer."):-len(".lora_A.weight")])[0])
-            except Exception:  # a module with no kohya name cannot come from a kohya key
+            except Exception:  # noqa: BLE001 (a module with no kohya name cannot come from a kohya key)
                 continue
     lost = sorted(original - covered)
     if lost:
@@ -348,7 +349,7 @@ def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, b
     rank_dict = {f"^{m}.lora_B.weight": r for m, r in ranks.items()}
     try:
         config = _create_lora_config(peft_sd, net_alphas, meta, rank_dict)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (peft raises many types on bad metadata)
         raise LoraValidationError(f"{path.name}: its LoRA config metadata is invalid ({exc})",
                                   code="lora_format_unknown", field="metadata", value=str(exc)[:200]) from None
     if getattr(config, "use_dora", False):

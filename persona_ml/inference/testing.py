@@ -7,8 +7,9 @@ Nothing here is used by the generator itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["make_random_lora", "build_tiny_ip_adapter"]
 

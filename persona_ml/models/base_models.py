@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from persona_ml.config import config_dir, from_dict, read_yaml
+from persona_ml.config import config_file, from_dict, read_yaml
 from persona_ml.errors import ConfigError, InputError, ModelMismatchError, ModelNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,12 +125,12 @@ class LoadedBaseModel:
 
     name: str
     spec: BaseModelSpec
-    pipeline: "FluxPipeline"
+    pipeline: FluxPipeline
     fingerprint: str
 
 
 def _registry(path: str | os.PathLike | None = None) -> dict[str, _Entry]:
-    source = Path(path) if path is not None else config_dir() / "base_models.yaml"
+    source = Path(path) if path is not None else config_file("base_models.yaml")
     return from_dict(_File, read_yaml(source)).models
 
 
@@ -350,7 +350,7 @@ def check_flux_dev_dir(folder: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def _torch_dtype(dtype: "str | torch.dtype"):
+def _torch_dtype(dtype: str | torch.dtype):
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -363,8 +363,8 @@ def _torch_dtype(dtype: "str | torch.dtype"):
 def load_base_model(
     name_or_spec: str | BaseModelSpec,
     *,
-    dtype: "str | torch.dtype" = "float32",
-    device: "str | torch.device" = "cpu",
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
     path: str | os.PathLike | None = None,
 ) -> LoadedBaseModel:
     """Load a base model's ``FluxPipeline`` from local files (or build tiny-flux in code).

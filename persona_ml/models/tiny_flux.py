@@ -124,7 +124,7 @@ class TinyFluxConfig:
         return self.attention_head_dim * self.num_attention_heads
 
     @classmethod
-    def cpu_large(cls) -> "TinyFluxConfig":
+    def cpu_large(cls) -> TinyFluxConfig:
         """A larger CPU-sized config for benchmarks (about 30M transformer parameters)."""
         return cls(
             num_layers=4,
@@ -147,7 +147,7 @@ class TinyFluxConfig:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TinyFluxConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TinyFluxConfig:
         """Strict constructor: unknown keys raise ``ConfigError`` naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -260,8 +260,8 @@ def build_tiny_tokenizers(config: TinyFluxConfig | None = None):
 def build_tiny_flux_pipeline(
     seed: int = 0,
     config: TinyFluxConfig | None = None,
-    dtype: "torch.dtype | None" = None,
-) -> "FluxPipeline":
+    dtype: torch.dtype | None = None,
+) -> FluxPipeline:
     """Build a tiny ``FluxPipeline`` with seeded random weights, offline, in about a second.
 
     The global torch RNG is left untouched (weights come from a forked RNG seeded with ``seed``).
@@ -370,7 +370,7 @@ def build_tiny_flux_pipeline(
     )
 
 
-def tiny_flux_fingerprint(pipeline: "FluxPipeline", seed: int, config: TinyFluxConfig) -> str:
+def tiny_flux_fingerprint(pipeline: FluxPipeline, seed: int, config: TinyFluxConfig) -> str:
     """sha256 over the tiny config, the seed and the transformer's state-dict bytes.
 
     Args:

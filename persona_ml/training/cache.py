@@ -84,7 +84,7 @@ class TensorCache:
             return None
         try:
             return load_file(str(p))
-        except Exception as exc:  # a truncated or foreign file is a miss, never a crash
+        except Exception as exc:  # noqa: BLE001 (a truncated or foreign file is a miss, never a crash)
             log.warning("cache entry %s is unreadable (%s); recomputing", p, exc)
             p.unlink(missing_ok=True)
             return None

@@ -26,11 +26,12 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
-from ..config import config_dir, load_config, to_dict
+from ..config import config_file, load_config, to_dict
 from ..errors import ConfigError
 
 DEV_BASE_MODELS = ("tiny-flux",)
@@ -285,7 +286,7 @@ def preset_path(name_or_path: str | os.PathLike) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
         return p
-    return config_dir() / "train" / f"{name_or_path}.yaml"
+    return config_file(f"train/{name_or_path}.yaml")
 
 
 def load_train_config(source: str | os.PathLike | dict, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from persona_ml._atomic import atomic_dir
 from persona_ml.errors import ArtifactError, InputError
@@ -134,7 +135,7 @@ class LoraMetadata:
         return out
 
     @classmethod
-    def from_safetensors(cls, header: Mapping[str, str], *, source: str = "") -> "LoraMetadata":
+    def from_safetensors(cls, header: Mapping[str, str], *, source: str = "") -> LoraMetadata:
         """Parse the header form back.
 
         Raises:
@@ -200,7 +201,7 @@ def export_lora(
     metadata: LoraMetadata,
     name: str | None = None,
     adapter_name: str | None = None,
-    dtype: "torch.dtype | None" = None,
+    dtype: torch.dtype | None = None,
 ) -> ExportedLora:
     """Write a Flux transformer LoRA in diffusers and kohya formats, with metadata and a model card.
 
@@ -283,7 +284,7 @@ _ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64":
               "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def _safetensors_bytes(tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, str]) -> bytes:
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     """Serialize like ``safetensors.torch.save`` but with a byte-stable header.
 
     safetensors keeps ``__metadata__`` in a hash map whose order changes from run to run; the

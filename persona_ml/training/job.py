@@ -31,16 +31,25 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .._atomic import atomic_write_json
 from ..dataset.manifest import PreparedDataset, load_prepared
 from ..errors import InputError, LoraRuleError, PersonaMLError, TrainingError
-from .checkpoint import (CheckpointState, DataPosition, capture_rng, latest_checkpoint, load_checkpoint,
-                         restore_rng, save_checkpoint, step_dir_name)
+from .checkpoint import (
+    CheckpointState,
+    DataPosition,
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    step_dir_name,
+)
 from .config import TrainConfig, load_train_config, write_resolved
 from .types import CheckpointRecord, JobStatus, ProgressEvent, TrainResult
 
@@ -380,7 +389,7 @@ class TrainingJob:
             self._set_status(JobStatus.COMPLETED, str(result.lora_path))
         if is_main:
             self._write_result(result)
-        del transformer, optimizer, pipe
+        transformer = optimizer = pipe = None  # drop the references before collecting
         gc.collect()
 
     # --- stages -----------------------------------------------------------------------------------
@@ -636,6 +645,6 @@ def _make_optimizer(params, cfg: TrainConfig):
             import bitsandbytes as bnb  # type: ignore[import-not-found]
 
             return bnb.optim.AdamW8bit(params, **kwargs), "AdamW8bit"
-        except Exception as exc:  # ImportError, or a CPU-only build that cannot run 8-bit kernels
+        except Exception as exc:  # noqa: BLE001 (ImportError, or a CPU-only build that cannot run 8-bit kernels)
             log.warning("optimizer adamw8bit unavailable (%s); using torch AdamW (more optimizer memory)", exc)
     return torch.optim.AdamW(params, **kwargs), "AdamW"

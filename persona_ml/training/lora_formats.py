@@ -28,8 +28,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from persona_ml.errors import ArtifactError, ConfigError
 
@@ -118,15 +119,15 @@ class ModuleLora:
         scale: the multiplier (``alpha / rank`` in PEFT and kohya).
     """
 
-    A: "torch.Tensor"
-    B: "torch.Tensor"
+    A: torch.Tensor
+    B: torch.Tensor
     scale: float
 
     @property
     def rank(self) -> int:
         return int(self.A.shape[0])
 
-    def delta(self) -> "torch.Tensor":
+    def delta(self) -> torch.Tensor:
         """The dense weight change ``scale * B @ A`` in float32."""
         return self.scale * (self.B.float() @ self.A.float())
 
@@ -281,7 +282,7 @@ def extract_peft_lora(transformer, adapter_name: str | None = None) -> dict[str,
     return out
 
 
-def lora_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], alpha: float) -> dict[str, ModuleLora]:
+def lora_from_state_dict(state_dict: Mapping[str, torch.Tensor], alpha: float) -> dict[str, ModuleLora]:
     """Group a PEFT/diffusers LoRA state dict into modules with ``scale = alpha / rank``.
 
     Args:
@@ -296,7 +297,7 @@ def lora_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], alpha: float)
         ArtifactError: a key of another form, or an A without its B (``lora_keys_invalid``).
     """
     pat = re.compile(r"^(?:transformer\.)?(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
-    parts: dict[str, dict[str, "torch.Tensor"]] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
         m = pat.match(key)
         if not m:
@@ -314,7 +315,7 @@ def lora_from_state_dict(state_dict: Mapping[str, "torch.Tensor"], alpha: float)
     return out
 
 
-def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, "torch.Tensor"], dict]:
+def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, torch.Tensor], dict]:
     """PEFT/diffusers keys plus the ``LoraConfig`` kwargs that make diffusers apply each scale.
 
     Returns:
@@ -323,7 +324,7 @@ def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, 
         ``lora_adapter_metadata`` header entry (``r``, ``lora_alpha``, ``rank_pattern``,
         ``alpha_pattern``...), expressed without rsLoRA so ``scaling = lora_alpha / r`` holds.
     """
-    sd: dict[str, "torch.Tensor"] = {}
+    sd: dict[str, torch.Tensor] = {}
     for module, lora in sorted(loras.items()):
         sd[f"transformer.{module}.lora_A.weight"] = lora.A.contiguous()
         sd[f"transformer.{module}.lora_B.weight"] = lora.B.contiguous()
@@ -349,7 +350,7 @@ def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, 
     return sd, config
 
 
-def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4.0) -> dict[str, "torch.Tensor"]:
+def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4.0) -> dict[str, torch.Tensor]:
     """kohya/ComfyUI keys in the BFL layout, with ``.alpha`` so ``alpha / rank`` is each scale.
 
     Fused modules (qkv, single-block linear1) get the parts' A matrices stacked and their B
@@ -416,7 +417,7 @@ def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4
     return out
 
 
-def kohya_to_module_loras(state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, ModuleLora]:
+def kohya_to_module_loras(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ModuleLora]:
     """Convert a kohya/ComfyUI Flux LoRA with diffusers' own converter (no model needed).
 
     Args:

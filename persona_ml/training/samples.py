@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class IdentityScore:
                 "samples": [dict(s.__dict__) for s in self.samples]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IdentityScore":
+    def from_dict(cls, d: dict[str, Any]) -> IdentityScore:
         return cls(step=int(d["step"]), samples=tuple(SampleScore(**s) for s in d["samples"]),
                    detection_rate=float(d["detection_rate"]), similarity=d["similarity"],
                    near_copies=int(d["near_copies"]), score=d["score"])

@@ -73,7 +73,7 @@ class TinyLoader:
         self._fp = ""
         self._shared: TinyLoader | None = None
 
-    def with_hook(self, on_load: Any) -> "TinyLoader":
+    def with_hook(self, on_load: Any) -> TinyLoader:
         """A loader sharing this one's built model, with its own ``on_load`` and call count."""
         other = TinyLoader(self.config, on_load)
         other._shared = self

@@ -8,16 +8,16 @@ import pytest
 
 pytest.importorskip("torch")
 
-from persona_ml.cli import main  # noqa: E402
-from persona_ml.errors import InputError  # noqa: E402
+from persona_ml.cli import main
+from persona_ml.errors import InputError
 
 TARGETS = ["transformer_blocks.*.attn.to_q", "transformer_blocks.*.attn.to_v"]
 
 
 @pytest.fixture(scope="module")
 def lora(tmp_path_factory):
-    from persona_ml.models import load_base_model
     from persona_ml.inference.testing import make_random_lora
+    from persona_ml.models import load_base_model
 
     base = load_base_model("tiny-flux")
     tmp = tmp_path_factory.mktemp("eval")

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 import persona_ml
-from persona_ml.errors import (BackendUnavailableError, FaceError, ImageError, InputError,
-                               ModelNotFoundError)
+from persona_ml.errors import BackendUnavailableError, FaceError, ImageError, InputError, ModelNotFoundError
 from persona_ml.faces.profile import FaceProfile
 
 pytest.importorskip("dlib", reason="the dlib backend needs dlib-bin (pip install 'persona-ml[dlib]')")
@@ -65,7 +64,7 @@ def _labelled(shared_people):
 
 def _pairs(shared_people):
     same, diff = [], []
-    for (pa, (ra, fa)), (pb, (rb, fb)) in itertools.combinations(sorted(_labelled(shared_people).items()), 2):
+    for (_pa, (ra, fa)), (_pb, (rb, fb)) in itertools.combinations(sorted(_labelled(shared_people).items()), 2):
         (same if ra["identity"] == rb["identity"] else diff).append(fa.similarity(fb))
     return np.asarray(same), np.asarray(diff)
 
@@ -113,7 +112,7 @@ def test_configured_same_person_threshold_fits_the_data(shared_people, embedder)
 def test_profile_flags_another_persons_photo(shared_people):
     labelled = _labelled(shared_people)
     by_identity = defaultdict(list)
-    for p, (r, f) in sorted(labelled.items()):
+    for _p, (r, f) in sorted(labelled.items()):
         by_identity[r["identity"]].append(f)
     refs = by_identity["angelina"]
     assert len(refs) >= 5

@@ -20,7 +20,6 @@ from persona_ml.dataset.screening import ScreeningConfig, screen_dataset
 from persona_ml.errors import ModelMismatchError
 
 
-
 @pytest.fixture(scope="session")
 def embedder():
     from persona_ml.errors import BackendUnavailableError, ModelNotFoundError

@@ -34,13 +34,13 @@ def no_search_paths(monkeypatch, tmp_path):
     """Point the registry at a copy of configs/base_models.yaml with search paths under tmp."""
     import yaml
 
-    from persona_ml.config import config_dir
+    from persona_ml.config import packaged_config_dir
 
-    data = yaml.safe_load((config_dir() / "base_models.yaml").read_text())
+    data = yaml.safe_load((packaged_config_dir() / "base_models.yaml").read_text())
     data["models"]["flux-dev"]["search_paths"] = [str(tmp_path / "nowhere"), str(tmp_path / "also-nowhere")]
     cfg = tmp_path / "configs"
     cfg.mkdir()
-    for f in config_dir().glob("*.yaml"):
+    for f in packaged_config_dir().glob("*.yaml"):
         shutil.copy(f, cfg / f.name)
     (cfg / "base_models.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("PERSONA_ML_CONFIG_DIR", str(cfg))

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from persona_ml.errors import TrainingError
-from persona_ml.training.checkpoint import (CheckpointState, DataPosition, capture_rng, latest_checkpoint,
-                                            list_checkpoints, load_checkpoint, restore_rng, save_checkpoint)
+from persona_ml.training.checkpoint import (
+    CheckpointState,
+    DataPosition,
+    capture_rng,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 def _state(step: int) -> tuple[CheckpointState, torch.nn.Linear, torch.optim.Optimizer]:

@@ -77,3 +77,27 @@ def test_bad_yaml_and_missing_file(tmp_path: Path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Train, lst)
+
+
+def test_configs_ship_in_the_package_and_a_user_folder_overrides_per_file(tmp_path, monkeypatch):
+    from persona_ml.config import config_file, packaged_config_dir
+    from persona_ml.rules import load_rules
+
+    packaged = packaged_config_dir()
+    assert packaged.parent.name == "persona_ml"  # inside the package, so a wheel carries it
+    for name in ("lora_rules.yaml", "face_thresholds.yaml", "base_models.yaml", "train/tiny-cpu.yaml"):
+        assert (packaged / name).is_file(), name
+    monkeypatch.setenv("PERSONA_ML_CONFIG_DIR", str(tmp_path))
+    # nothing in the user folder: the packaged default is used
+    assert config_file("lora_rules.yaml") == packaged / "lora_rules.yaml"
+    default_cost = load_rules().credits.default_cost
+    assert default_cost == 500
+    text = (packaged / "lora_rules.yaml").read_text().replace("default_cost: 500", "default_cost: 777")
+    assert "default_cost: 777" in text
+    (tmp_path / "lora_rules.yaml").write_text(text)
+    assert config_file("lora_rules.yaml") == tmp_path / "lora_rules.yaml"
+    assert load_rules().credits.default_cost == 777
+    # an explicit path argument beats the environment
+    assert load_rules(packaged / "lora_rules.yaml").credits.default_cost == default_cost
+    # other files still come from the package
+    assert config_file("face_thresholds.yaml") == packaged / "face_thresholds.yaml"

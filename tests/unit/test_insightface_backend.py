@@ -17,18 +17,18 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("insightface")
 pytest.importorskip("onnx")
 
-import onnxruntime  # noqa: E402
+import onnxruntime
 
-from persona_ml.errors import ArtifactError, BackendUnavailableError, InputError, ModelNotFoundError  # noqa: E402
-from persona_ml.faces import onnx_testing as ot  # noqa: E402
-from persona_ml.faces.insightface_backend import (  # noqa: E402
+from persona_ml.errors import ArtifactError, BackendUnavailableError, InputError, ModelNotFoundError
+from persona_ml.faces import onnx_testing as ot
+from persona_ml.faces.insightface_backend import (
     NO_LICENSE,
     InsightFaceBackend,
     create_session,
     onnx_providers,
     read_signature,
 )
-from persona_ml.images import load_image  # noqa: E402
+from persona_ml.images import load_image
 
 
 def _backend(pack, **kw):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from persona_ml.cli import main
-from persona_ml.config import config_dir
+from persona_ml.config import packaged_config_dir
 from persona_ml.errors import ConfigError, InputError, LoraRuleError
 from persona_ml.rules import (
     LoraRequest,
@@ -134,7 +134,7 @@ def test_non_finite_credits_are_violations(credits):
 
 
 def test_credit_cost_comes_from_config(tmp_path):
-    text = (config_dir() / "lora_rules.yaml").read_text()
+    text = (packaged_config_dir() / "lora_rules.yaml").read_text()
     custom = tmp_path / "rules.yaml"
     custom.write_text(text.replace("per_plan: {}", "per_plan: {agency: 350}"))
     rules = load_rules(custom)
@@ -143,7 +143,7 @@ def test_credit_cost_comes_from_config(tmp_path):
 
 
 def test_rules_config_edge_values(tmp_path):
-    text = (config_dir() / "lora_rules.yaml").read_text()
+    text = (packaged_config_dir() / "lora_rules.yaml").read_text()
     custom = tmp_path / "rules.yaml"
     # no plan may train (a valid setting): the image-count check used by screening still works
     custom.write_text(text.replace("plans_allowed: [pro, agency]", "plans_allowed: []"))
@@ -159,7 +159,7 @@ def test_rules_config_edge_values(tmp_path):
 
 def test_rules_config_is_strict(tmp_path):
     bad = tmp_path / "rules.yaml"
-    bad.write_text((config_dir() / "lora_rules.yaml").read_text()
+    bad.write_text((packaged_config_dir() / "lora_rules.yaml").read_text()
                    .replace("plans_allowed", "plans_alowed"))
     with pytest.raises(ConfigError) as exc:
         load_rules(bad)
