@@ -129,7 +129,7 @@ def add_lora(model, plan: Plan) -> list:
     """Rank-``plan.rank`` LoRA on the default targets, trainable params in fp32 (as the trainer)."""
     from peft import LoraConfig
 
-    from persona_ml.training.lora_formats import DEFAULT_LORA_TARGETS, lora_target_modules
+    from persona_ml.lora.formats import DEFAULT_LORA_TARGETS, lora_target_modules
 
     targets = lora_target_modules(model, DEFAULT_LORA_TARGETS)
     model.add_adapter(LoraConfig(r=plan.rank, lora_alpha=plan.rank, init_lora_weights=True, target_modules=targets))

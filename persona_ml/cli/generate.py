@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from .._atomic import atomic_path, atomic_write_json
     from ..errors import InputError
     from ..inference.generator import CharacterGenerator, IPAdapterSpec
-    from ..inference.lora_validation import read_safetensors_metadata
     from ..inference.types import Character, GenerationRequest
+    from ..lora.validation import read_safetensors_metadata
     from ..models import load_base_model
 
     if bool(args.ip_adapter) != bool(args.ip_encoder):  # one without the other used to be dropped silently

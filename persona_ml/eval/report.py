@@ -194,8 +194,8 @@ def evaluate_lora(
         InputError: bad arguments. LoraValidationError: the LoRA is refused.
     """
     from ..inference.generator import CharacterGenerator
-    from ..inference.lora_validation import read_safetensors_metadata
     from ..inference.types import Character
+    from ..lora.validation import read_safetensors_metadata
 
     if not prompts:
         raise InputError("the prompt suite is empty", field="prompts", value=0)

@@ -3,7 +3,7 @@
 How a switch works. At start the transformer gets one PEFT LoRA *slot* (adapter
 ``persona_slot``) of the fixed maximum rank on every ``nn.Linear`` it may need, with zero
 weights, after ``enable_lora_hotswap(target_rank=max_rank)``. A character's LoRA is validated
-(``lora_validation.validate_lora``) into a canonical state dict held in a CPU-memory LRU cache
+(``persona_ml.lora.validation.validate_lora``) into a canonical state dict held in a CPU-memory LRU cache
 (byte budget); activating it hot-swaps those tensors into the slot with diffusers'
 ``load_lora_adapter(..., hotswap=True)``: an in-place copy into existing tensors. The base
 weights are never written (no ``fuse_lora``/merge), so they cannot drift however many switches
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, LoraValidationError
+from ..lora.validation import ValidatedLora, linear_modules, validate_lora
 from .identity import rank_best_of, score_images
-from .lora_validation import ValidatedLora, linear_modules, validate_lora
 from .types import CacheStats, Character, GeneratedImage, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)

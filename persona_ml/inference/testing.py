@@ -44,8 +44,8 @@ def make_random_lora(
     """
     import torch
 
-    from ..training.export import LoraMetadata, export_lora
-    from ..training.lora_formats import DEFAULT_LORA_TARGETS, lora_target_modules
+    from ..lora.export import LoraMetadata, export_lora
+    from ..lora.formats import DEFAULT_LORA_TARGETS, lora_target_modules
 
     transformer = pipe.transformer
     modules = lora_target_modules(transformer, targets or DEFAULT_LORA_TARGETS)

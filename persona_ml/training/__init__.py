@@ -27,8 +27,8 @@ _LAZY = {
     "SampleScore": "persona_ml.training.samples",
     "load_checkpoint": "persona_ml.training.checkpoint",
     "latest_checkpoint": "persona_ml.training.checkpoint",
-    "export_lora": "persona_ml.training.export",
-    "LoraMetadata": "persona_ml.training.export",
+    "export_lora": "persona_ml.lora.export",
+    "LoraMetadata": "persona_ml.lora.export",
 }
 
 __all__ = sorted(_LAZY)

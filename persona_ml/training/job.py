@@ -248,7 +248,7 @@ class TrainingJob:
         if pipe.vae is not None:
             pipe.vae.requires_grad_(False)
         torch.manual_seed(cfg.seed)  # LoRA init (B = 0, A random)
-        from .export import DEFAULT_LORA_TARGETS, lora_target_modules
+        from ..lora.export import DEFAULT_LORA_TARGETS, lora_target_modules
 
         targets = lora_target_modules(transformer, cfg.lora.targets or DEFAULT_LORA_TARGETS)
         from peft import LoraConfig as PeftLoraConfig
@@ -484,7 +484,7 @@ class TrainingJob:
         import torch
         from safetensors.torch import load_file
 
-        from .export import LoraMetadata, export_lora
+        from ..lora.export import LoraMetadata, export_lora
         from .samples import best_step
 
         cfg = self.config

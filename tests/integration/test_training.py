@@ -128,7 +128,7 @@ def test_a_full_run_completes_with_events_checkpoints_and_resolved_config(first_
 
 
 def test_export_carries_provenance_in_both_formats(first_run, dataset):
-    from persona_ml.training.export import read_lora_metadata
+    from persona_ml.lora.export import read_lora_metadata
 
     result, _, _, loader = first_run
     assert result.lora_path.is_file() and result.kohya_path.is_file()
@@ -326,7 +326,7 @@ class _StepProfile:
 
 
 def test_best_identity_step_is_named_and_exported(dataset, cache_dir, tmp_path, monkeypatch, tiny):
-    from persona_ml.training.export import read_lora_metadata
+    from persona_ml.lora.export import read_lora_metadata
 
     monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
     cfg = _cfg(cache_dir, "samples.every=4", "checkpoint.every=8")

@@ -10,8 +10,7 @@ import torch
 from peft import LoraConfig
 
 from persona_ml.errors import ArtifactError, ConfigError, InputError
-from persona_ml.models.tiny_flux import build_tiny_flux_pipeline
-from persona_ml.training.export import (
+from persona_ml.lora.export import (
     DEFAULT_LORA_TARGETS,
     DIFFUSERS_WEIGHT_NAME,
     LoraMetadata,
@@ -21,7 +20,8 @@ from persona_ml.training.export import (
     read_lora_file,
     read_lora_metadata,
 )
-from persona_ml.training.lora_formats import extract_peft_lora, to_kohya_state_dict
+from persona_ml.lora.formats import extract_peft_lora, to_kohya_state_dict
+from persona_ml.models.tiny_flux import build_tiny_flux_pipeline
 
 META = LoraMetadata(rank=4, alpha=8.0, steps=12, trigger="ohwx", base_model="tiny-flux",
                     base_model_fingerprint="sha256:abc", dataset_hash="d" * 64, extra={"training_hash": "t1"})

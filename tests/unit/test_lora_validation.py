@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from persona_ml.errors import LoraValidationError  # noqa: E402
-from persona_ml.inference.lora_validation import linear_modules, validate_lora  # noqa: E402
 from persona_ml.inference.testing import make_random_lora  # noqa: E402
+from persona_ml.lora.validation import linear_modules, validate_lora  # noqa: E402
 
 FP = "sha256:" + "ab" * 32
 TARGETS = ["transformer_blocks.*.attn.to_q", "transformer_blocks.*.attn.to_k"]
@@ -145,7 +145,7 @@ def test_file_is_read_once_and_hash_matches_the_tensors(env, monkeypatch):
 
     import safetensors.torch
 
-    import persona_ml.inference.lora_validation as lv
+    import persona_ml.lora.validation as lv
 
     modules, good, _ = env
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from persona_ml._atomic import atomic_dir
 from persona_ml.errors import ArtifactError, InputError
-from persona_ml.training.lora_formats import (
+from persona_ml.lora.formats import (
     DEFAULT_LORA_TARGETS,
     ModuleLora,
     extract_peft_lora,

@@ -141,7 +141,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> tuple[list[str], dict[
 def lora_file_fingerprint(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
     """``(base model name, base fingerprint)`` recorded in a LoRA's header metadata, if any.
 
-    Reads our own exporter's metadata (``persona_ml.training.export.read_lora_metadata``'s
+    Reads our own exporter's metadata (``persona_ml.lora.export.read_lora_metadata``'s
     fields) and falls back on common key names.
     """
     name = next((metadata[k] for k in _BASE_NAME_KEYS if metadata.get(k)), None)
@@ -273,7 +273,7 @@ def _kohya_module(key: str) -> str:
 
 def _check_kohya_coverage(path: Path, original: set[str], converted: Mapping[str, Any]) -> None:
     """diffusers' kohya converter drops some keys with only a log line; refuse such files."""
-    from ..training.lora_formats import kohya_name
+    from .formats import kohya_name
 
     covered = set()
     for k in converted:
