@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_swap.py
+	$(PY) benchmarks/bench_video.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
