@@ -47,7 +47,9 @@ def load_video_model(name: str, *, path: str | os.PathLike | None = None, dtype:
         from . import testing
 
         pipe = getattr(testing, _TINY[spec.pipeline])(seed=spec.seed)
-        pipe.to(device=device, dtype=torch_dtype)
+        if torch_dtype != _torch_dtype("float32"):
+            pipe.to(dtype=torch_dtype)
+        pipe.to(device)
         return pipe, spec
     import diffusers
 
