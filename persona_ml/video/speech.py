@@ -1,17 +1,15 @@
 """Speech input for talking heads: the one function audio enters the video module through.
 
-``load_speech`` decodes any audio file FFmpeg reads (wav, flac, mp3, m4a, ogg, the audio track of
-a video) to float32 mono at the requested rate (PyAV's resampler), with limits checked from the
-header before decoding.
+``load_speech`` decodes speech through ``persona_ml.audio.load_audio`` (the library's one audio
+intake: wav, flac, mp3, m4a, ogg, webm; limits from the header before decoding; ``audio_*`` codes)
+to float32 mono, and adds what a talking head needs: a length cap and a refusal of silence.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Union
 
 import numpy as np
@@ -71,75 +69,26 @@ def load_speech(source: SpeechSource, *, sample_rate: int = 16000, max_seconds: 
         require_voice: refuse a silent track (``speech_silent``): a talking head needs speech.
 
     Raises:
-        VideoError: ``speech_empty``, ``speech_unreadable``, ``speech_no_audio_stream``, ``speech_too_long``,
-            ``speech_silent``.
+        AudioError: the ``audio_*`` codes of ``persona_ml.audio.load_audio`` (empty, not audio, no stream,
+            truncated, too long, too large...).
+        VideoError: ``speech_empty`` (no samples), ``speech_too_long``, ``speech_silent``.
     """
     if isinstance(source, Speech):
         speech = source if source.sample_rate == sample_rate else Speech.from_array(
             _resample_linear(source.samples, source.sample_rate, sample_rate), sample_rate, source=source.source)
         _check(speech, max_seconds, require_voice)
         return speech
-    import av
+    from ..audio import AudioLimits, load_audio
 
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = str(path)
-        if not path.is_file():
-            raise VideoError(f"speech file not found: {path}", code="speech_unreadable", field="speech", value=label)
-        if path.stat().st_size > max_bytes:
-            raise VideoError(f"{label}: larger than {max_bytes} bytes", code="speech_too_long", field="speech",
-                             value=path.stat().st_size, limit=max_bytes)
-        data = path.read_bytes()
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data, label = bytes(source), f"<{len(source)} bytes>"
-    elif hasattr(source, "read"):
-        data, label = source.read(max_bytes + 1), str(getattr(source, "name", "<file object>"))
-    else:
-        raise InputError(f"unsupported speech source type {type(source).__name__}", field="speech",
-                         value=type(source).__name__)
-    if not data:
-        raise VideoError(f"{label}: empty file (0 bytes)", code="speech_empty", field="speech", value=label)
-    if len(data) > max_bytes:
-        raise VideoError(f"{label}: larger than {max_bytes} bytes", code="speech_too_long", field="speech",
-                         value=len(data), limit=max_bytes)
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise VideoError(f"{label}: not an audio file FFmpeg can open ({exc})", code="speech_unreadable",
-                         field="speech", value=label) from exc
-    chunks: list[np.ndarray] = []
-    try:
-        if not container.streams.audio:
-            raise VideoError(f"{label}: no audio stream", code="speech_no_audio_stream", field="speech", value=label)
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-            if seconds > max_seconds:
-                raise VideoError(f"{label}: {seconds:.1f} s exceeds the {max_seconds:g} s limit", code="speech_too_long",
-                                 field="speech", value=round(seconds, 3), limit=max_seconds)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        total = 0
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1).astype(np.float32)
-                    chunks.append(chunk)
-                    total += len(chunk)
-                if total > (max_seconds + 1.0) * sample_rate:
-                    raise VideoError(f"{label}: longer than the {max_seconds:g} s limit", code="speech_too_long",
-                                     field="speech", value=round(total / sample_rate, 3), limit=max_seconds)
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
-        except av.error.FFmpegError as exc:
-            if not chunks:
-                raise VideoError(f"{label}: the audio cannot be decoded ({exc})", code="speech_unreadable",
-                                 field="speech", value=label) from exc
-    finally:
-        container.close()
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if isinstance(source, np.ndarray):
+        raise InputError("wrap in-memory samples with Speech.from_array(samples, sample_rate)", field="speech",
+                         value="ndarray")
+    loaded = load_audio(source, sample_rate=sample_rate,
+                        limits=AudioLimits(max_duration_s=max_seconds, min_duration_s=0.1, max_bytes=max_bytes))
+    samples, label = loaded.samples, loaded.source
     if samples.size == 0:
         raise VideoError(f"{label}: no audio samples", code="speech_empty", field="speech", value=label)
-    speech = Speech(np.clip(samples, -1.0, 1.0), sample_rate, hashlib.sha256(data).hexdigest(), label)
+    speech = Speech(np.clip(samples, -1.0, 1.0), sample_rate, loaded.sha256, label)
     _check(speech, max_seconds, require_voice)
     return speech
 

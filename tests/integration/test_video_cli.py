@@ -32,4 +32,4 @@ def test_talking_head_cli_preview(tmp_path, capsys):
     rc = main(["talking-head", "--portrait", str(tmp_path / "portrait.png"), "--speech", str(tmp_path / "portrait.png"),
                "--base-model", "tiny-ltx2", "--out", str(tmp_path / "bad")])
     err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
-    assert rc == 2 and err["error"]["code"] == "speech_no_audio_stream"
+    assert rc == 2 and err["error"]["code"] == "audio_not_audio"

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("av")
 
-from persona_ml.errors import FaceError, ModelMismatchError, VideoError
+from persona_ml.errors import FaceError, ModelMismatchError, PersonaMLError
 from persona_ml.video.jobs import MotionTransferJob, TalkingHeadJob, VideoJobStatus
 from persona_ml.video.speech import Speech
 from persona_ml.video.talking_head import LTX2DFRTalkingHead, TalkingHeadSettings
@@ -90,7 +90,7 @@ def test_cancel_mid_run_ends_cancelled_without_a_video(backend, portrait, tmp_pa
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("speech, code", [(b"", "speech_empty"), (b"no audio here" * 40, "speech_unreadable")])
+@pytest.mark.parametrize("speech, code", [(b"", "audio_empty"), (b"no audio here" * 40, "audio_not_audio")])
 def test_bad_speech_fails_before_any_model_runs(portrait, tmp_path, speech, code):
     class Exploding:
         name = "never"
@@ -98,7 +98,7 @@ def test_bad_speech_fails_before_any_model_runs(portrait, tmp_path, speech, code
         def generate(self, *a, **k):
             raise AssertionError("the model must not run on bad input")
 
-    with pytest.raises(VideoError) as err:
+    with pytest.raises(PersonaMLError) as err:
         TalkingHeadJob(Exploding(), portrait, speech, tmp_path).run()
     assert err.value.code == code
     assert json.loads((tmp_path / "result.json").read_text())["error"]["code"] == code
