@@ -44,6 +44,15 @@ def build_tiny_dia(seed: int = 0):
                                                       delay_pattern=[0, 8, 9, 10, 11, 12, 13, 14, 15])).eval()
         dac = DacModel(DacConfig(encoder_hidden_size=4, downsampling_ratios=[2, 4, 8, 8], decoder_hidden_size=16,
                                  n_codebooks=9, codebook_size=1024, codebook_dim=8, sampling_rate=44100)).eval()
+        # transformers' default init of this narrow codec decodes every code sequence to the same faint
+        # bias noise (two random sequences differ by ~1e-6), so candidates could not differ: fan-in-scaled
+        # normal weights (gain 0.85, zero biases) make the audio depend on the codes (peak ~0.5).
+        with torch.no_grad():
+            for name, param in dac.named_parameters():
+                if name.endswith("weight") and param.dim() > 1 and "codebook" not in name:
+                    param.copy_(0.85 * torch.randn(param.shape) / param[0].numel() ** 0.5)
+                elif name.endswith("bias"):
+                    param.zero_()
     processor = DiaProcessor(feature_extractor=DiaFeatureExtractor(sampling_rate=44100, hop_length=512),
                              tokenizer=DiaTokenizer(), audio_tokenizer=dac)
     return model, processor

@@ -325,7 +325,7 @@ def test_tiny_random_tts_runs_end_to_end_and_is_scored(embedder, profile, prompt
     out = gen.generate("Hello there, how are you?", profile=profile, prompt=prompt, max_new_tokens=100, seed=3,
                        settings={"stability": 0.2, "style": 0.6})
     assert out.random_weights is True
-    assert out.sample_rate == 44100 and out.samples.dtype == np.float32 and out.duration_s > 0.8
+    assert out.sample_rate == 44100 and out.samples.dtype == np.float32 and out.duration_s > 0.2
     assert set(out.ignored_settings) == {"similarity_boost", "style"}
     assert out.model_settings["temperature"] == pytest.approx(1.8) and out.model_settings["candidates"] == 3
     assert len(out.candidates) == 3  # use_speaker_boost defaults to true: best of 3 by similarity
