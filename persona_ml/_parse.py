@@ -274,3 +274,62 @@ def loads_yaml(data: bytes | bytearray | memoryview | str, *, what: str = "the Y
     except (ValueError, TypeError, OverflowError) as exc:  # PyYAML constructors on odd scalars (dates, ints)
         raise ParseProblem("syntax", f"{what}: a value cannot be read: {str(exc)[:200]}") from None
     return value
+
+
+# --- safetensors headers ------------------------------------------------------------------------
+
+#: the safetensors library's own bound on a header
+MAX_SAFETENSORS_HEADER = 100_000_000
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+SAFETENSORS_FLOAT_DTYPES = ("F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64")
+
+
+def safetensors_header_length(head: bytes, file_size: int, what: str = "the file") -> int:
+    """The header length the first 8 bytes of a safetensors file claim, checked against the file."""
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if n < 2 or n > min(MAX_SAFETENSORS_HEADER, file_size - 8):
+        raise ParseProblem("syntax", f"{what} is not a safetensors file (header length {n}, file {file_size} bytes)")
+    return n
+
+
+def parse_safetensors_header(raw: bytes, file_size: int, what: str = "the file") -> tuple[dict, dict[str, str]]:
+    """``({tensor name: {"dtype", "shape", "data_offsets"}}, metadata)`` of a safetensors header.
+
+    ``raw`` is the header JSON (the bytes after the 8-byte length). Every entry is checked the
+    way the format defines it: a known dtype, a shape of non-negative integers whose byte size
+    equals its data range, offsets inside the file; the metadata maps strings to strings.
+
+    Raises:
+        ParseProblem: with ``what`` in the message.
+    """
+    header = loads_json(raw, what=f"{what} (safetensors header)")
+    if not isinstance(header, dict):
+        raise ParseProblem("syntax", f"{what}: the safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ParseProblem("syntax", f"{what}: the safetensors __metadata__ must map strings to strings")
+    data_size = file_size - 8 - len(raw)
+    for name, entry in header.items():
+        label = f"{what}: tensor {name[:80]!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ParseProblem("syntax", f"{label} is not a safetensors entry (dtype, shape, data_offsets)")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ParseProblem("syntax", f"{label} has an unknown dtype {str(dtype)[:20]!r}")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ParseProblem("syntax", f"{label} has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise ParseProblem("syntax", f"{label} has invalid data_offsets")
+        begin, end = offsets
+        count = 1
+        for d in shape:
+            count *= d
+        if not 0 <= begin <= end <= data_size or end - begin != count * SAFETENSORS_DTYPES[dtype]:
+            raise ParseProblem("syntax", f"{label}: data_offsets {begin}..{end} do not fit its shape/dtype or the "
+                                         f"file ({data_size} data bytes)")
+    return header, dict(meta)
