@@ -39,7 +39,7 @@ class ParseProblem(ValueError):
 def decode_utf8(data: bytes | bytearray | memoryview | str, what: str = "the text") -> str:
     """UTF-8 text of ``data`` (a leading BOM dropped); ``ParseProblem('encoding')`` otherwise."""
     if isinstance(data, str):
-        return data
+        return data[1:] if data.startswith("\ufeff") else data
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:

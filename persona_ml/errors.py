@@ -175,9 +175,9 @@ class LoraRuleError(PersonaMLError, ValueError):
     http_status = 422
 
     def __init__(self, message: str, violations: list | tuple = (), **details: Any) -> None:
-        super().__init__(message, **details)
+        details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
+        super().__init__(message, **details)  # bounded there, like every error's details
         self.violations = list(violations)
-        self.details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
 
 
 class TrainingError(PersonaMLError, RuntimeError):
