@@ -317,7 +317,7 @@ def parse_safetensors_header(raw: bytes, file_size: int, what: str = "the file")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise ParseProblem("syntax", f"{label} is not a safetensors entry (dtype, shape, data_offsets)")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise ParseProblem("syntax", f"{label} has an unknown dtype {str(dtype)[:20]!r}")
         if not isinstance(shape, list) or len(shape) > 8 or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
