@@ -74,11 +74,13 @@ def _read_losses(path: str) -> list[float]:
     """The ``--losses`` JSON list; a missing, unreadable or malformed file is a coded error, not a traceback."""
     import math
 
+    from .._files import FileProblem, read_regular_file
+    from .._parse import ParseProblem, loads_json
     from ..errors import InputError
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        data = loads_json(read_regular_file(path, max_bytes=64 << 20), what=f"--losses {path}")
+    except (FileProblem, ParseProblem) as exc:
         raise InputError(f"--losses {path} is not a readable JSON file: {exc}", field="losses", value=path) from None
     if not isinstance(data, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data):

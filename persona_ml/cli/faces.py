@@ -56,7 +56,11 @@ def _expand(paths: list[str]) -> list[str]:
 
     out: list[str] = []
     for item in paths:
-        if Path(item).is_dir():
+        try:
+            is_dir = Path(item).is_dir()
+        except (OSError, ValueError):  # a name over the filesystem's limit: load_image says so per path
+            is_dir = False
+        if is_dir:
             out.extend(str(p) for p in list_images(item))
         else:
             out.append(item)
