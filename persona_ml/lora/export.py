@@ -374,7 +374,10 @@ def read_lora_file(path: str | os.PathLike) -> dict[str, ModuleLora]:
         ``{diffusers module path: ModuleLora}``; ``delta()`` gives each weight change.
 
     Raises:
-        ArtifactError: unreadable or unknown format.
+        ArtifactError: unreadable or unknown format, a bad rank/alpha pattern.
+        LoraValidationError: a malformed header, non-float or rank-0 weights
+            (``lora_dtype_invalid``, ``lora_shape_mismatch``), adapter metadata of the wrong
+            type or with non-positive r/alpha (``lora_metadata_invalid``).
     """
     from safetensors.torch import load_file
 
@@ -388,8 +391,8 @@ def read_lora_file(path: str | os.PathLike) -> dict[str, ModuleLora]:
         meta = _check_adapter_metadata(file, header.get(LORA_ADAPTER_METADATA_KEY))
         sd = load_file(str(file))
         _check_alphas(file, sd)
-    except LoraValidationError as exc:
-        raise ArtifactError(exc.message, code=exc.code, **exc.details) from None
+    except LoraValidationError:
+        raise
     except Exception as exc:  # noqa: BLE001 (safetensors' own error type on damaged data)
         raise ArtifactError(f"{file} is not a readable safetensors file: {exc}", code="lora_format_unknown",
                             field="path", value=str(file)) from None

@@ -14,7 +14,7 @@ from hostile_cases import assert_coded, mutations  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from persona_ml.errors import ArtifactError, LoraValidationError, PersonaMLError  # noqa: E402
+from persona_ml.errors import LoraValidationError, PersonaMLError  # noqa: E402
 from persona_ml.inference.testing import make_random_lora  # noqa: E402
 from persona_ml.lora.export import read_lora_file, read_lora_metadata  # noqa: E402
 from persona_ml.lora.validation import linear_modules, read_safetensors_metadata, validate_lora  # noqa: E402
@@ -92,8 +92,9 @@ def test_rank_zero_and_zero_dimensional_lora_tensors_are_refused(env, tmp_path):
         with pytest.raises(LoraValidationError) as info:
             _validate(path, modules)
         assert info.value.code == "lora_shape_mismatch" and info.value.details["field"] == key
-        with pytest.raises(ArtifactError):
+        with pytest.raises(PersonaMLError) as info:
             read_lora_file(path)
+        assert info.value.code == "lora_shape_mismatch"
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool, torch.int8])
@@ -104,7 +105,7 @@ def test_lora_weights_must_be_floating_point(env, tmp_path, dtype):
     with pytest.raises(LoraValidationError) as info:
         _validate(path, modules)
     assert info.value.code == "lora_dtype_invalid" and info.value.details["field"] == key
-    with pytest.raises(ArtifactError) as info:
+    with pytest.raises(PersonaMLError) as info:
         read_lora_file(path)
     assert info.value.code == "lora_dtype_invalid"
 
@@ -127,7 +128,7 @@ def test_adapter_metadata_of_the_wrong_type_or_non_positive_r_alpha_is_refused(e
     with pytest.raises(LoraValidationError) as info:
         _validate(path, modules)
     assert info.value.code == "lora_metadata_invalid"
-    with pytest.raises(ArtifactError) as info:
+    with pytest.raises(PersonaMLError) as info:
         read_lora_file(path)
     assert info.value.code == "lora_metadata_invalid"
 
