@@ -98,6 +98,19 @@ def _is_full(exc: BaseException) -> bool:
     return any(os.strerror(code) in text for code in _FULL) or "StorageFull" in text or "os error 28" in text
 
 
+@contextlib.contextmanager
+def _full_disk_named(final: Path) -> Iterator[None]:
+    """Re-raise a full-disk error of the caller's writes into the temp path as ``storage_full``
+    naming ``final``; any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_full(exc):
+            cause = exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, str(exc)[:200])
+            raise storage_error(cause, final) from exc
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -154,13 +167,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        try:
+        with _full_disk_named(final):
             yield tmp_path
-        except Exception as exc:
-            if _is_full(exc):
-                raise storage_error(exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, str(exc)[:200]),
-                                    final) from exc
-            raise
         try:
             os.chmod(tmp_path, file_mode())
             with open(tmp_path, "rb+") as fh:
@@ -219,13 +227,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise storage_error(exc, final) from None
     try:
-        try:
+        with _full_disk_named(final):
             yield tmp
-        except Exception as exc:
-            if _is_full(exc):
-                raise storage_error(exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, str(exc)[:200]),
-                                    final) from exc
-            raise
         old = None
         try:
             for root, _dirs, files in os.walk(tmp):

@@ -11,8 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hostile_cases import assert_coded, mutations  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from test_lora_validation import _rewrite  # noqa: E402
 
 from persona_ml.errors import LoraValidationError, PersonaMLError  # noqa: E402
 from persona_ml.inference.testing import make_random_lora  # noqa: E402
@@ -36,18 +35,6 @@ def env(tmp_path_factory):
 
 def _validate(path, modules):
     return validate_lora(path, modules, base_fingerprint=FP, max_rank=16)
-
-
-def _variant(src, dst, edit_sd=None, edit_meta=None):
-    with safe_open(str(src), "pt") as fh:
-        meta = dict(fh.metadata())
-    sd = load_file(str(src))
-    if edit_sd:
-        edit_sd(sd)
-    if edit_meta:
-        edit_meta(meta)
-    save_file(sd, str(dst), metadata=meta)
-    return dst
 
 
 def _raw_file(path, header: bytes, data: bytes = b""):
@@ -88,7 +75,7 @@ def test_rank_zero_and_zero_dimensional_lora_tensors_are_refused(env, tmp_path):
         sd[b] = sd[b][:, :0]
 
     for edit in (zero_d, rank0):
-        path = _variant(good, tmp_path / f"{edit.__name__}.safetensors", edit_sd=edit)
+        path = _rewrite(good, tmp_path / f"{edit.__name__}.safetensors", edit_sd=edit)
         with pytest.raises(LoraValidationError) as info:
             _validate(path, modules)
         assert info.value.code == "lora_shape_mismatch" and info.value.details["field"] == key
@@ -101,7 +88,7 @@ def test_rank_zero_and_zero_dimensional_lora_tensors_are_refused(env, tmp_path):
 def test_lora_weights_must_be_floating_point(env, tmp_path, dtype):
     modules, good = env
     key = "transformer.transformer_blocks.0.attn.to_q.lora_B.weight"
-    path = _variant(good, tmp_path / "int.safetensors", edit_sd=lambda sd: sd.update({key: sd[key].to(dtype)}))
+    path = _rewrite(good, tmp_path / "int.safetensors", edit_sd=lambda sd: sd.update({key: sd[key].to(dtype)}))
     with pytest.raises(LoraValidationError) as info:
         _validate(path, modules)
     assert info.value.code == "lora_dtype_invalid" and info.value.details["field"] == key
@@ -123,7 +110,7 @@ def test_lora_weights_must_be_floating_point(env, tmp_path, dtype):
                                        '{"transformer.r": 4, "transformer.lora_alpha": 1e400}'])
 def test_adapter_metadata_of_the_wrong_type_or_non_positive_r_alpha_is_refused(env, tmp_path, meta_text):
     modules, good = env
-    path = _variant(good, tmp_path / "meta.safetensors",
+    path = _rewrite(good, tmp_path / "meta.safetensors",
                     edit_meta=lambda m: m.update({"lora_adapter_metadata": meta_text}))
     with pytest.raises(LoraValidationError) as info:
         _validate(path, modules)
@@ -138,7 +125,7 @@ def test_kohya_alpha_must_be_one_positive_number(env, tmp_path):
     kohya_path = next(good.parent.glob("*_kohya.safetensors"))
     assert validate_lora(kohya_path, modules, base_fingerprint=FP, max_rank=16).format == "kohya"
     for i, bad in enumerate((-1.0, float("nan"), [1.0, 2.0], 0.0)):
-        path = _variant(kohya_path, tmp_path / f"kohya{i}.safetensors", edit_sd=lambda sd, bad=bad: sd.update(
+        path = _rewrite(kohya_path, tmp_path / f"kohya{i}.safetensors", edit_sd=lambda sd, bad=bad: sd.update(
             {k: torch.tensor(bad) for k in sd if k.endswith(".alpha")}))
         with pytest.raises(LoraValidationError) as info:
             _validate(path, modules)
