@@ -161,6 +161,15 @@ def read_regular_file(path: str | os.PathLike | bytes, *, max_bytes: int | None 
         os.close(fd)
 
 
+def is_dir_quiet(path: str | os.PathLike) -> bool:
+    """``Path.is_dir`` that answers ``False`` instead of raising for a name over the filesystem's
+    limit, a NUL or an unreadable parent (``pathlib`` only swallows ENOENT-like errors)."""
+    try:
+        return stat.S_ISDIR(os.stat(path_text(path)).st_mode)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def is_within(root: str | os.PathLike, candidate: str | os.PathLike) -> bool:
     """Whether ``candidate``'s real path (symlinks resolved) lies inside ``root``'s real path."""
     real_root = os.path.realpath(root)

@@ -405,6 +405,14 @@ def check_trigger(trigger: Any) -> str:
 def check_out_dir(out: Path) -> None:
     """Refuse an output path that is a file, lies under a file, or is a non-empty folder that is
     not a prepared dataset (checked before any screening work, which would otherwise be lost)."""
+    try:
+        _check_out_dir(out)
+    except OSError as exc:  # a name over the filesystem's limit, an unreadable parent
+        raise InputError(f"output {out}: {exc.strerror or exc}", code="path_invalid", field="out_dir",
+                         value=str(out)) from None
+
+
+def _check_out_dir(out: Path) -> None:
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():

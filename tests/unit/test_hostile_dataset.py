@@ -170,3 +170,20 @@ def test_fuzz_manifests_and_dataset_json(ds):
             assert isinstance(assert_coded(load_prepared, ds), PersonaMLError)
         (ds / name).write_bytes(good)
     assert len(load_prepared(ds).items) == 3 and n_ok < 270
+
+
+def test_dataset_entry_points_refuse_names_over_the_filesystem_limit(tmp_path):
+    from pathlib import Path
+
+    from persona_ml.dataset.prepare import check_out_dir
+    from persona_ml.dataset.screening import screen_dataset
+    from persona_ml.errors import InputError
+
+    long = tmp_path / ("z" * 300)
+    with pytest.raises(InputError) as info:
+        check_out_dir(Path(long))
+    assert info.value.code == "path_invalid"
+    with pytest.raises(InputError) as info:
+        screen_dataset(long, None, None)
+    assert info.value.details["field"] == "images"
+    assert _code(long) in ("path_invalid", "manifest_invalid")
