@@ -186,8 +186,9 @@ def _read_bytes(source, limits: ImageLimits, name: str | None) -> tuple[bytes, s
                 raise ImageError(exc.message, code="path_invalid", field="image", value=text,
                                  **exc.details()) from None
             if exc.reason == "not_found":
-                raise ImageError(f"image file not found: {exc.message}", code="image_unreadable", field="image",
-                                 value=text, **exc.details()) from None
+                why = exc.message.removeprefix(f"{exc.path}: ")
+                raise ImageError(f"image file not found: {exc.path}" + ("" if why == "no such file" else f" ({why})"),
+                                 code="image_unreadable", field="image", value=text, **exc.details()) from None
             raise ImageError(f"cannot read image file {exc.message}", code="image_unreadable", field="image",
                              value=text, **exc.details()) from None
         return data, label
