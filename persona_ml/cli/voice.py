@@ -12,6 +12,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from ._args import non_negative_int, positive_int
+
     voice = sub.add_parser("voice", help="voice embeddings, profiles, clone rules and speech generation",
                            description=__doc__.splitlines()[0])
     vsub = voice.add_subparsers(dest="voice_command", metavar="VOICE_COMMAND")
@@ -54,8 +56,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--out", required=True, metavar="AUDIO", help="output file (.wav, .flac, .mp3, .ogg, .m4a, .webm)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None)
     _settings_args(p)
     p.set_defaults(func=run_generate)
 
@@ -69,9 +71,11 @@ def register(sub) -> None:
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stability", type=float, default=None)
-    p.add_argument("--similarity-boost", type=float, default=None)
-    p.add_argument("--style", type=float, default=None)
+    from ._args import finite_float
+
+    p.add_argument("--stability", type=finite_float, default=None)
+    p.add_argument("--similarity-boost", type=finite_float, default=None)
+    p.add_argument("--style", type=finite_float, default=None)
     p.add_argument("--speaker-boost", dest="use_speaker_boost", action=argparse.BooleanOptionalAction, default=None,
                    help="best-of-N by similarity to the profile (use_speaker_boost)")
 

@@ -250,9 +250,12 @@ class VoiceProfile:
         if missing:
             raise ArtifactError(f"voice profile not found: missing {', '.join(missing)}", code="profile_not_found",
                                 field="path", value=str(base), searched=[str(json_path), str(st_path)])
+        from .._files import FileProblem, read_regular_file
+        from .._parse import ParseProblem, loads_json
+
         try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            meta = loads_json(read_regular_file(json_path, max_bytes=64 * 1024 * 1024), what=json_path.name)
+        except (FileProblem, ParseProblem) as exc:
             raise ArtifactError(f"{json_path}: not valid JSON: {exc}", code="profile_corrupt", field="path",
                                 value=str(json_path)) from exc
         if not isinstance(meta, dict) or meta.get("kind") != PROFILE_KIND:
@@ -264,7 +267,10 @@ class VoiceProfile:
             raise ArtifactError(f"{json_path}: voice profile format_version {version!r} is not supported (this "
                                 f"persona_ml reads 1..{PROFILE_FORMAT_VERSION})", code="profile_format_unknown",
                                 field="format_version", value=version)
-        blob = st_path.read_bytes()
+        try:
+            blob = read_regular_file(st_path, max_bytes=1 << 30)
+        except FileProblem as exc:
+            raise ArtifactError(f"{st_path}: {exc.message}", code="profile_corrupt", field="path", value=str(st_path)) from None
         digest = hashlib.sha256(blob).hexdigest()
         if digest != meta.get("tensors_sha256"):
             raise ArtifactError(f"{st_path} does not belong to {json_path} (sha256 {digest[:12]}... != "
