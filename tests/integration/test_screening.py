@@ -371,11 +371,13 @@ def test_near_copy_linked_only_through_another_names_the_photo_it_resembles():
     a = cand(0, "a.jpg", 0, [1, 0, 0, 0], 300)                   # the largest face: kept
     b = cand(1, "b.jpg", 0b111111, [0, 1, 0, 0], 290)             # 6 bits from a
     c = cand(2, "c.jpg", 0b111111 | (0b111111 << 20), [0, 0, 1, 0], 290)  # 6 from b, 12 from a
-    thr = {"phash_max_distance": 8, "near_duplicate_min_cosine": 0.99}
+    thr = {"phash_max_distance": 8, "near_duplicate_min_cosine": 0.99, "same_person_min_cosine": 0.9,
+           "copy_min_score": 0.9}
     _near_duplicates([a, b, c], thr, ScreeningConfig(check_mirrored=False))
     assert (a.code, b.code, c.code) == (None, "near_duplicate", "near_duplicate")
-    assert b.reason.startswith("a near-copy of a.jpg (hash distance 6/64")
-    assert c.reason.startswith("a near-copy of b.jpg (hash distance 6/64") and "a.jpg, the best" in c.reason
+    assert b.reason.startswith("a copy of a.jpg, one shot (surroundings match 0.00, hash distance 6/64")
+    assert c.reason.startswith("a copy of b.jpg, one shot (surroundings match 0.00, hash distance 6/64")
+    assert "a.jpg, the best" in c.reason
     assert c.duplicate_of == "/x/a.jpg"
 
 
