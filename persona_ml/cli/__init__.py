@@ -1,6 +1,7 @@
 """``persona-ml`` command line: a thin dispatcher over its subcommand modules (``persona_ml.cli.faces``, ...).
 
-Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 1 internal error.
+Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 4 a face profile
+was saved but has outlier references (``profile``), 1 internal error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_RULES = 3
+EXIT_OUTLIERS = 4
 
 # Each module exposes ``register(subparsers)``; parsers set ``func(args) -> int``.
 COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate")
