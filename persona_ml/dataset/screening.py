@@ -400,6 +400,7 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
         c.warnings.append({"code": "borders_trimmed",
                            "message": f"solid borders trimmed ({sides}); measures and crops use the photo inside them"})
     c.hashes = phash_pair(gray[by0:by1, bx0:bx1])
+    c.metrics["colourfulness"] = round(_colourfulness(img.pixels[by0:by1:8, bx0:bx1:8]), 2)
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
     if isinstance(result, PersonaMLError):
         c.code, c.reason = result.code, result.message
@@ -508,6 +509,16 @@ def _second_pass(c: _Candidate, img: LoadedImage, search: Any, thr: dict, cfg: S
         _other_people(c, bigger, thr)
 
 
+def _colourfulness(pixels: np.ndarray) -> float:
+    """Hasler and Suesstrunk's colourfulness (0 for grey; ~30 for an ordinary photo)."""
+    if pixels.ndim != 3 or pixels.size == 0:
+        return 0.0
+    rgb = pixels[..., :3].astype(np.float32)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
 def _outside_fraction(box, content) -> float:
     """Share of ``box``'s area outside ``content``."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -551,7 +562,8 @@ def _content_area(c: _Candidate) -> int:
 
 
 def _keep_key(c: _Candidate) -> tuple:
-    return (-round(c.borders.border_fraction, 3) if c.borders else 0.0, round(float(c.face.face_size)),
+    return (-round(c.borders.border_fraction, 3) if c.borders else 0.0, _content_area(c),
+            round(float(c.face.face_size)), round(float(c.metrics.get("colourfulness", 0.0))),
             round(float(c.face.sharpness)), -c.index)
 
 
@@ -579,8 +591,9 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
     for members in clusters.values():
         if len(members) < 2:
             continue
-        # keep the most real content (pixels inside the borders: scene and resolution), within 3%;
-        # then no bars, the larger face, the sharper one, the earlier one
+        # keep the most real content (pixels inside the borders: scene and resolution); within 3%
+        # the one without bars first, then the most content, the larger face, the more colourful
+        # (a desaturated edit has lost information), the sharper, the earlier
         most = max(_content_area(c) for c in members)
         finalists = [c for c in members if _content_area(c) >= 0.97 * most]
         keep = max(finalists, key=_keep_key)
