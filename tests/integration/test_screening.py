@@ -529,3 +529,14 @@ def test_without_a_profile_the_set_keeps_its_majority_person(shared_faces, embed
     assert {s.code for s in tie.images} == {"identity_unclear"} and not tie.accepted
     off = screen([*own, stranger], None, embedder, analyzed, cluster_without_profile=False)
     assert off.images[-1].accepted and [w["code"] for w in off.warnings] == ["identity_not_checked"]
+
+
+def test_scripted_set_without_profile_keeps_its_majority_person(scripted):
+    # photos of other people used to be prepared with "0 issues" when no profile was given
+    embedder, _, files = scripted
+    names = ["own0.jpg", "own1.jpg", "own2.jpg", "own3.jpg", "stranger.jpg"]
+    report = screen_dataset([files[n] for n in names], None, embedder)
+    assert [s.code for s in report.images] == [None, None, None, None, "identity_minority"]
+    assert report.images[0].metrics["set_cluster"] == {"cluster": 0, "size": 4, "clusters": 2}
+    tie = screen_dataset([files[n] for n in ("own0.jpg", "stranger.jpg")], None, embedder)
+    assert [s.code for s in tie.images] == ["identity_unclear", "identity_unclear"]
