@@ -540,3 +540,34 @@ def test_scripted_set_without_profile_keeps_its_majority_person(scripted):
     assert report.images[0].metrics["set_cluster"] == {"cluster": 0, "size": 4, "clusters": 2}
     tie = screen_dataset([files[n] for n in ("own0.jpg", "stranger.jpg")], None, embedder)
     assert [s.code for s in tie.images] == ["identity_unclear", "identity_unclear"]
+
+
+@pytest.mark.shared_faces
+def test_second_pass_finds_a_person_the_first_pass_was_too_coarse_to_see(shared_faces, embedder, tmp_path):
+    # a big photo with a modest main face: the first HOG pass runs downscaled and cannot see a
+    # second face of 0.4x the main one; the finer second pass does
+    rng = np.random.default_rng(0)
+    canvas = Image.fromarray((110 + 25 * rng.standard_normal((1800, 2400, 3))).clip(0, 255).astype(np.uint8))
+    canvas = canvas.filter(ImageFilter.GaussianBlur(2))
+    main = Image.open(shared_faces / "people" / "angelina" / "img10.jpg").convert("RGB")
+    canvas.paste(main, (700, 600))
+    donor_path = shared_faces / "people" / "deepface_p13" / "img13.jpg"
+    (dface,) = embedder.analyze_one(donor_path)
+    dx0, dy0, dx1, dy1 = dface.bbox
+    dw = dx1 - dx0
+    donor = Image.open(donor_path).convert("RGB").crop((int(dx0 - 0.5 * dw), int(dy0 - 0.6 * dw), int(dx1 + 0.5 * dw),
+                                                       int(dy1 + 0.5 * dw)))
+    main_face = max(embedder.analyze_one(main), key=lambda f: f.face_size).face_size
+    scale = 0.42 * main_face / dw
+    donor = donor.resize((round(donor.width * scale), round(donor.height * scale)), Image.LANCZOS)
+    canvas.paste(donor, (1300, 700))
+    path = _jpeg_file(canvas, tmp_path / "party.jpg")
+    first = embedder.analyze_one(path)
+    assert len(first) == 1  # the first pass sees only the main face
+    report = screen_dataset([path], None, embedder)
+    (s,) = report.images
+    assert s.code == "other_people", (s.code, s.reason)
+    assert s.metrics["second_pass"]["hog_fine"]["min_face_px"] < first[0].extra["detect_scale"] ** -1 * 80
+    assert any(o["detector"] == "second pass (hog)" for o in s.metrics["other_faces"])
+    off = screen_dataset([path], None, embedder, config=ScreeningConfig(second_pass="off"))
+    assert off.images[0].accepted
