@@ -401,6 +401,8 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
                            "message": f"solid borders trimmed ({sides}); measures and crops use the photo inside them"})
     c.hashes = phash_pair(gray[by0:by1, bx0:bx1])
     c.metrics["colourfulness"] = round(_colourfulness(img.pixels[by0:by1:8, bx0:bx1:8]), 2)
+    c.metrics["blockiness"] = round(_blockiness(gray), 4)
+    c.metrics["flat_free_area"] = content_box(gray, min_edge_share=0.0).content_area
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
     if isinstance(result, PersonaMLError):
         c.code, c.reason = result.code, result.message
@@ -519,6 +521,24 @@ def _colourfulness(pixels: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+def _blockiness(gray: np.ndarray) -> float:
+    """How much more the luma jumps across 8x8 JPEG block edges than inside blocks (1.0: not
+    at all; a heavily recompressed copy reads well above its original). Sampled on a central
+    window of at most 512x512, aligned to the image's own block grid."""
+    h, w = gray.shape[:2]
+    if h < 32 or w < 32:
+        return 1.0
+    side = min(512, h, w) // 8 * 8
+    y0 = (h - side) // 2 // 8 * 8
+    x0 = (w - side) // 2 // 8 * 8
+    g = gray[y0:y0 + side, x0:x0 + side].astype(np.float32)
+    dx = np.abs(np.diff(g, axis=1))          # dx[:, k] is the jump between columns k and k+1
+    dy = np.abs(np.diff(g, axis=0))
+    edge = np.concatenate([dx[:, 7::8].ravel(), dy[7::8, :].ravel()])
+    inner = np.concatenate([dx[:, 3::8].ravel(), dy[3::8, :].ravel()])
+    return float(edge.mean() + 1.0) / float(inner.mean() + 1.0)
+
+
 def _outside_fraction(box, content) -> float:
     """Share of ``box``'s area outside ``content``."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -555,16 +575,34 @@ def _copy_evidence(a: _Candidate, b: _Candidate, thr: dict, cfg: ScreeningConfig
             "cosine": round(cos, 4), "region_score": round(region, 4), "region_overlap": round(overlap, 3)}
 
 
+def _flat_free_area(c: _Candidate) -> int:
+    """Content area with every flat edge run removed too (white padding beside a white studio
+    backdrop is not a detectable bar, but it is no content either)."""
+    area = c.metrics.get("flat_free_area")
+    return int(area) if area is not None else _content_area(c)
+
+
 def _content_area(c: _Candidate) -> int:
     if c.borders is not None:
         return c.borders.content_area
     return int(c.size[0] * c.size[1]) if c.size else 0
 
 
-def _keep_key(c: _Candidate) -> tuple:
-    return (-round(c.borders.border_fraction, 3) if c.borders else 0.0, _content_area(c),
-            round(float(c.face.face_size)), round(float(c.metrics.get("colourfulness", 0.0))),
-            round(float(c.face.sharpness)), -c.index)
+def _best_copy(members: list[_Candidate]) -> _Candidate:
+    """The copy to keep: the most real content (pixels inside the borders and flat edge runs:
+    scene and resolution together), then no bars, the larger face, the more colourful (a desaturated edit lost
+    information), the less blocky (a recompressed copy), the sharper, the earlier. Each step keeps
+    everything within a small tolerance of the best, so detector jitter does not decide."""
+    def narrow(pool, value, tol):
+        best = max(value(c) for c in pool)
+        return [c for c in pool if value(c) >= best - tol(best)]
+
+    pool = narrow(members, _flat_free_area, lambda b: 0.03 * b)
+    pool = narrow(pool, lambda c: -(c.borders.border_fraction if c.borders else 0.0), lambda b: 0.005)
+    pool = narrow(pool, lambda c: float(c.face.face_size), lambda b: 0.03 * b)
+    pool = narrow(pool, lambda c: float(c.metrics.get("colourfulness", 0.0)), lambda b: max(1.5, 0.08 * b))
+    pool = narrow(pool, lambda c: -float(c.metrics.get("blockiness", 1.0)), lambda b: 0.15)
+    return max(pool, key=lambda c: (round(float(c.face.sharpness) / 10.0), -c.index))
 
 
 def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -> None:
@@ -591,12 +629,7 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
     for members in clusters.values():
         if len(members) < 2:
             continue
-        # keep the most real content (pixels inside the borders: scene and resolution); within 3%
-        # the one without bars first, then the most content, the larger face, the more colourful
-        # (a desaturated edit has lost information), the sharper, the earlier
-        most = max(_content_area(c) for c in members)
-        finalists = [c for c in members if _content_area(c) >= 0.97 * most]
-        keep = max(finalists, key=_keep_key)
+        keep = _best_copy(members)
         for c in members:
             if c is keep:
                 continue
