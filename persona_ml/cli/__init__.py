@@ -18,7 +18,7 @@ EXIT_RULES = 3
 EXIT_OUTLIERS = 4
 
 # Each module exposes ``register(subparsers)``; parsers set ``func(args) -> int``.
-COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate")
+COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:
