@@ -79,6 +79,9 @@ def _bar_length(lines: np.ndarray, max_std: float, max_delta: float, min_edge_sh
     that ends at a hard edge (0 when there is none)."""
     if lines.shape[0] == 0:
         return 0
+    head = lines[:3].astype(np.float32)
+    if float(head.std(axis=1).max()) > max_std:  # most photos: the edge line itself is not flat
+        return 0
     f = lines.astype(np.float32)
     mean = f.mean(axis=1)
     std = f.std(axis=1)

@@ -402,7 +402,7 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
     c.hashes = phash_pair(gray[by0:by1, bx0:bx1])
     c.metrics["colourfulness"] = round(_colourfulness(img.pixels[by0:by1:8, bx0:bx1:8]), 2)
     c.metrics["blockiness"] = round(_blockiness(gray), 4)
-    c.metrics["flat_free_area"] = content_box(gray, min_edge_share=0.0).content_area
+    c.metrics["flat_free_area"] = content_box(gray[by0:by1, bx0:bx1], min_edge_share=0.0).content_area
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
     if isinstance(result, PersonaMLError):
         c.code, c.reason = result.code, result.message
