@@ -32,6 +32,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_faces.py
 	$(PY) benchmarks/bench_dataset.py
+	$(PY) benchmarks/bench_screening.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_video.py

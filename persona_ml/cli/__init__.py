@@ -1,10 +1,11 @@
 """``persona-ml`` command line: a thin dispatcher over its subcommand modules (``persona_ml.cli.faces``, ...).
 
-Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 1 internal error,
-130 interrupted. Every failure prints one JSON line ``{"error": {"code", "message", "details"}}`` on
-stderr: a ``PersonaMLError``'s own code (exit 2 for the caller's input, 1 for faults of ours or of a
-backend, such as ``storage_full``), or ``internal_error`` for anything else (a bug: ``-vv`` logs the
-traceback). A traceback is never the answer.
+Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 4 a face profile
+was saved but has outlier references (``profile``), 1 internal error, 130 interrupted. Every failure
+prints one JSON line ``{"error": {"code", "message", "details"}}`` on stderr: a ``PersonaMLError``'s
+own code (exit 2 for the caller's input, 1 for faults of ours or of a backend, such as
+``storage_full``), or ``internal_error`` for anything else (a bug: ``-vv`` logs the traceback).
+A traceback is never the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_RULES = 3
+EXIT_OUTLIERS = 4
 
 # Each module exposes ``register(subparsers)``; parsers set ``func(args) -> int``.
 COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate", "video", "voice")

@@ -1,7 +1,9 @@
 """``persona-ml embed`` and ``persona-ml profile``: face embeddings and character face profiles.
 
 Exit status: 0 when every input was usable, 2 when any input was bad (the others are still
-processed and reported).
+processed and reported). ``profile`` exits 4 when the saved profile has outlier references
+(photos likely of another person; with ``--strict`` also when the outlier decision could not be
+made, see ``FaceProfile.undecided``). The profile is saved either way.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of reference photos")
     p.add_argument("--out", required=True, metavar="PROFILE", type=output_name,
                    help="output path (PROFILE.safetensors)")
+    p.add_argument("--strict", action="store_true",
+                   help="also exit 4 when the outlier decision cannot be made (2-3 references that disagree)")
     _add_backend_args(p)
     p.set_defaults(func=run_profile)
 
@@ -122,7 +126,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_BAD_INPUT, EXIT_OK
+    from ..cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTLIERS
     from ..errors import InputError, PersonaMLError
     from ..faces.profile import FaceProfile
     from ..images import list_images
@@ -158,19 +162,23 @@ def run_profile(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     profile = FaceProfile.build(refs)
     base = profile.save(args.out)
+    ref_paths = [e["path"] for e in entries if "index" in e]  # reference i came from ref_paths[i]
     for e in entries:
         if "index" in e:
             i = e.pop("index")
             score = float(profile.reference_scores[i])
             e.update({"image_sha256": refs[i].image_sha256, "similarity": round(profile.similarity(refs[i]), 4),
                       "score": None if score != score else round(score, 4), "outlier": i in profile.outliers,
-                      "bbox": [round(float(v), 1) for v in refs[i].bbox]})
+                      "undecided": i in profile.undecided, "bbox": [round(float(v), 1) for v in refs[i].bbox]})
     outliers = [e["path"] for e in entries if e.get("outlier")]
+    undecided = [e["path"] for e in entries if e.get("undecided")]
     summary = profile.to_summary()
+    near = [{"images": [ref_paths[a], ref_paths[b]], "cosine": round(c, 4)} for a, b, c in profile.near_duplicates()]
     if args.json:
         print(json.dumps({"profile": str(base), "files": [str(base) + ".safetensors"],
                           "fingerprint": profile.fingerprint, "n_references": len(profile),
-                          "images": entries, "outliers": outliers, "near_duplicates": summary["near_duplicates"],
+                          "images": entries, "outliers": outliers, "undecided": undecided,
+                          "outlier_rule": profile.outlier_rule, "near_duplicates": near,
                           "provenance": summary["provenance"], "thresholds": summary["thresholds"]},
                          sort_keys=True))
     else:
@@ -180,7 +188,17 @@ def run_profile(args: argparse.Namespace) -> int:
             if "error" in e:
                 print(f"  {e['path']}: ERROR {e['error']['code']}: {e['error']['message']}")
             else:
-                flag = "  OUTLIER (likely another person)" if e["outlier"] else ""
+                flag = ("  OUTLIER (likely another person)" if e["outlier"]
+                        else "  UNDECIDED (cannot tell who the intruder is)" if e["undecided"] else "")
                 print(f"  {e['path']}: similarity {e['similarity']:.3f}, vs others {e['score']}{flag}")
+        for pair in near:
+            print(f"  near-duplicates: {pair['images'][0]} and {pair['images'][1]} (cosine {pair['cosine']:.3f})")
         print(f"outliers: {', '.join(outliers) if outliers else 'none'}")
-    return EXIT_BAD_INPUT if bad else EXIT_OK
+        if undecided:
+            print(f"cannot decide ({profile.outlier_rule} rule, {len(profile)} references): {', '.join(undecided)}; "
+                  "add references to decide")
+    if bad:
+        return EXIT_BAD_INPUT
+    if outliers or (args.strict and undecided):
+        return EXIT_OUTLIERS
+    return EXIT_OK

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from .._parse import loads_json
 from ..errors import ArtifactError, InputError, PersonaMLError
 from .thresholds import FaceThresholds, thresholds_for
 from .types import FaceObservation, ModelProvenance, l2_normalize
+
+logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT_VERSION = 2  # 1: a NAME.safetensors + NAME.json pair (still read)
 PROFILE_KIND = "persona_ml.face_profile"
@@ -57,6 +60,25 @@ def _leave_one_out_scores(embeddings: np.ndarray) -> np.ndarray:
     others = e64.sum(axis=0, keepdims=True) - e64
     norms = np.maximum(np.linalg.norm(others, axis=1), 1e-12)
     return (np.einsum("ij,ij->i", e64, others) / norms).astype(np.float32)
+
+
+def _pairwise_outliers(embeddings: np.ndarray, cut: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Outliers and undecided references of a 2- or 3-reference profile from pairwise cosines."""
+    n = embeddings.shape[0]
+    sims = embeddings.astype(np.float64) @ embeddings.astype(np.float64).T
+    match = sims >= cut
+    if n == 2:
+        return ((), ()) if match[0, 1] else ((), (0, 1))
+    pairs = [(i, j) for i in range(3) for j in range(i + 1, 3) if match[i, j]]
+    if len(pairs) == 3:
+        return (), ()
+    if len(pairs) == 1:  # two agree, the third matches neither: the intruder
+        (i, j), = pairs
+        return (({0, 1, 2} - {i, j}).pop(),), ()
+    if len(pairs) == 2:  # a chain a~b~c: b is the person, a or c may be the intruder
+        ends = tuple(sorted(k for k in range(3) if sum(k in p for p in pairs) == 1))
+        return (), ends
+    return (), (0, 1, 2)
 
 
 def _unit_row(embedding: np.ndarray) -> np.ndarray:
@@ -83,10 +105,16 @@ class FaceProfile:
         image_sha256s: the source image hash of each row.
         reference_scores: ``(N,)`` float32, each reference's cosine to the centroid of the
             others (NaN when there is a single reference).
-        outliers: indices of references flagged as likely another person: score below
-            ``thresholds.outlier_max_cosine`` (with exactly two references, where the "centroid
-            of the others" is one photo, the pairwise ``same_person_min_cosine`` is used and
-            both are flagged when they disagree: which one is the intruder cannot be told).
+        outliers: indices of references flagged as likely another person. With 4 or more
+            references: score below ``thresholds.outlier_max_cosine``. With 2 or 3, a "centroid
+            of the others" is one or two photos and an intruder drags it (two genuine references
+            and an intruder flagged genuine ones 4.4 times in 100), so the decision is pairwise
+            against ``thresholds.same_person_min_cosine``: a reference that matches none of the
+            others while the others match each other is the outlier (see ``undecided``).
+        undecided: indices of references about which the pairwise decision cannot be made (two
+            references that disagree: which one is the intruder cannot be told; three with no
+            matching pair, or a chain a~b~c with a and c apart). They are not flagged as outliers
+            and stay in the centroid; add references to decide.
         provenance: the embedding model; observations of another model are refused.
         thresholds: the thresholds the outliers were decided with.
         format_version: on-disk format version.
@@ -102,6 +130,7 @@ class FaceProfile:
     thresholds: FaceThresholds
     format_version: int = PROFILE_FORMAT_VERSION
     created_by: str = ""
+    undecided: tuple[int, ...] = ()
 
     # construction ------------------------------------------------------------------------
 
@@ -155,8 +184,13 @@ class FaceProfile:
         embeddings = np.array(embeddings, dtype=np.float32)  # private copy; rows are unit already
         scores = _leave_one_out_scores(embeddings)
         n = embeddings.shape[0]
-        cut = thresholds.same_person_min_cosine if n == 2 else thresholds.outlier_max_cosine
-        outliers = tuple(int(i) for i in np.flatnonzero(scores < cut)) if n >= 2 else ()
+        undecided: tuple[int, ...] = ()
+        if n in (2, 3):
+            outliers, undecided = _pairwise_outliers(embeddings, thresholds.same_person_min_cosine)
+        elif n >= 4:
+            outliers = tuple(int(i) for i in np.flatnonzero(scores < thresholds.outlier_max_cosine))
+        else:
+            outliers = ()
         keep = [i for i in range(n) if i not in outliers] or list(range(n))
         centroid = l2_normalize(embeddings[keep].astype(np.float64).mean(axis=0))
         embeddings.setflags(write=False)
@@ -164,7 +198,7 @@ class FaceProfile:
         centroid.setflags(write=False)
         return cls(centroid=centroid, embeddings=embeddings, image_sha256s=tuple(hashes),
                    reference_scores=scores, outliers=outliers, provenance=provenance, thresholds=thresholds,
-                   created_by=created_by or _created_by())
+                   created_by=created_by or _created_by(), undecided=undecided)
 
     def add(self, observation: FaceObservation) -> FaceProfile:
         """A new profile with one more reference; identical to rebuilding from all references.
@@ -184,6 +218,13 @@ class FaceProfile:
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
+
+    @property
+    def outlier_rule(self) -> str:
+        """How the outliers were decided: ``"none"`` (one reference), ``"pairwise"`` (2-3) or
+        ``"leave_one_out"`` (4+)."""
+        n = len(self)
+        return "none" if n < 2 else "pairwise" if n <= 3 else "leave_one_out"
 
     @property
     def outlier_sha256s(self) -> tuple[str, ...]:
@@ -224,11 +265,12 @@ class FaceProfile:
         for i, h in enumerate(self.image_sha256s):
             s = float(self.reference_scores[i])
             refs.append({"index": i, "image_sha256": h, "score": None if math.isnan(s) else round(s, 4),
-                         "outlier": i in self.outliers})
+                         "outlier": i in self.outliers, "undecided": i in self.undecided})
         return {
             "kind": PROFILE_KIND, "format_version": self.format_version, "created_by": self.created_by,
             "fingerprint": self.fingerprint, "n_references": len(self), "references": refs,
             "outliers": list(self.outliers), "outlier_sha256s": list(self.outlier_sha256s),
+            "undecided": list(self.undecided), "outlier_rule": self.outlier_rule,
             "near_duplicates": [[a, b, round(c, 4)] for a, b, c in self.near_duplicates()],
             "provenance": self.provenance.to_dict(), "thresholds": self.thresholds.to_dict(),
         }
@@ -356,9 +398,14 @@ class FaceProfile:
         except InputError as exc:  # duplicate references, an empty profile: not something save() writes
             raise ArtifactError(f"{base}: face profile is malformed: {exc.message}", code="profile_corrupt",
                                 field="path", value=str(base)) from None
-        if list(profile.outliers) != list(meta["outliers"]) or profile.fingerprint != meta["fingerprint"]:
+        if profile.fingerprint != meta["fingerprint"]:
             raise ArtifactError(f"{base}: stored outliers/fingerprint do not match the embeddings",
                                 code="profile_corrupt", field="fingerprint", value=meta.get("fingerprint"))
+        if list(profile.outliers) != list(meta.get("outliers", [])):
+            # the arrays are intact (fingerprint): the outliers are derived, and the rule that
+            # decides them may have changed since the profile was saved (2-3 references: pairwise)
+            logger.info("%s: outliers %s recomputed as %s by this persona_ml's rule", base, meta.get("outliers"),
+                        list(profile.outliers))
         return profile
 
 

@@ -29,7 +29,7 @@ def test_images_count_is_ascii_digits_only(text):
 
 
 def test_images_count_accepts_ascii_numbers_and_folders(tmp_path):
-    assert count_images("12") == (12, "number") and count_images(" 0 ") == (0, "number")
+    assert count_images("12") == (12, "number", None) and count_images(" 0 ") == (0, "number", None)
     assert count_images(str(tmp_path))[0] == 0
 
 

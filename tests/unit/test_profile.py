@@ -220,9 +220,12 @@ def test_single_and_two_reference_profiles(people):
     assert one.to_summary()["references"][0]["score"] is None
     json.dumps(one.to_summary())  # JSON-ready despite the NaN score
     assert np.allclose(one.centroid, alice[0].embedding)
-    # with two references the pairwise cut applies, and disagreeing ones are both flagged
+    # with two references the pairwise cut applies; disagreeing ones cannot be decided (which one
+    # is the intruder?): neither is flagged, both are reported undecided
     assert build_profile(alice[:2], THR).outliers == ()
-    assert build_profile([alice[0], bob], THR).outliers == (0, 1)
+    two = build_profile([alice[0], bob], THR)
+    assert two.outliers == () and two.undecided == (0, 1) and two.outlier_rule == "pairwise"
+    assert two.to_summary()["undecided"] == [0, 1]
 
 
 def test_near_duplicates_are_reported(people):
@@ -361,3 +364,18 @@ def test_embedder_isolates_a_failing_image_and_sorts_faces_by_area():
         FaceEmbedder(Broken()).analyze([grey])
     with pytest.raises(InputError):
         embedder.analyze(grey)  # one image is not a sequence of images
+
+
+def test_three_references_decide_pairwise(people):
+    # two genuine references and an intruder: the intruder matches neither, the genuine pair
+    # matches; with a centroid of two (one of them the intruder) genuine ones used to be flagged
+    alice, (bob,) = people
+    three = build_profile([alice[0], bob, alice[1]], THR)
+    assert three.outliers == (1,) and three.undecided == () and three.outlier_rule == "pairwise"
+    assert build_profile(alice[:3], THR).outliers == ()
+    # nobody matches anybody: cannot decide, nothing flagged
+    rng = np.random.default_rng(3)
+    strangers = [_obs(rng.standard_normal(DIM), f"s{i}") for i in range(3)]
+    lost = build_profile(strangers, THR)
+    assert lost.outliers == () and lost.undecided == (0, 1, 2)
+    assert build_profile(alice[:4], THR).outlier_rule == "leave_one_out"
