@@ -29,8 +29,10 @@ class ForwardCounter:
         self.counts = {"vae_encoder": 0, "text_encoder": 0, "text_encoder_2": 0}
 
     def __call__(self, pipe) -> None:
-        for name, module in (("vae_encoder", pipe.vae.encoder), ("text_encoder", pipe.text_encoder),
-                             ("text_encoder_2", pipe.text_encoder_2)):
+        for name, module in (("vae_encoder", pipe.vae.encoder if pipe.vae is not None else None),
+                             ("text_encoder", pipe.text_encoder), ("text_encoder_2", pipe.text_encoder_2)):
+            if module is None:
+                continue
             module.register_forward_hook(lambda *_a, _n=name: self.counts.__setitem__(_n, self.counts[_n] + 1))
 
 
@@ -371,10 +373,47 @@ def test_script_trains_and_refuses_rule_violations(dataset, cache_dir, tmp_path,
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_batches_and_accumulation_advance_the_seeded_data_order(dataset, cache_dir, tmp_path, monkeypatch, tiny):
-    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+def test_same_bucket_samples_are_stacked_into_one_forward(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    """batch_size 2 over 3 items x 2 sizes: every forward holds one bucket, most hold two samples."""
+    shapes = []
+
+    def hook(pipe):
+        if pipe.transformer is not None:
+            pipe.transformer.register_forward_hook(
+                lambda m, a, kw, out: shapes.append(tuple(kw["hidden_states"].shape)) if m.training else None,
+                with_kwargs=True)
+
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(hook))
     result = jobmod.train_lora(_cfg(cache_dir, "steps=2", "checkpoint.every=2", "data.batch_size=2",
                                     "data.gradient_accumulation=2"), dataset, tmp_path)
     assert result.status is JobStatus.COMPLETED and all(np.isfinite(result.losses))
+    # 4 forwards (2 steps x 2 micro-steps); 32 px = 4 packed tokens, 64 px = 16; batches of one bucket
+    assert len(shapes) == 4 and {s[1] for s in shapes} <= {4, 16} and max(s[0] for s in shapes) == 2
     meta = json.loads((tmp_path / "checkpoints" / "step-000002" / "meta.json").read_text())
-    assert meta["position"] == {"epoch": 1, "index": 2}    # 2 steps x 2 micro-steps x 2 samples over 6 samples
+    # an epoch is 4 batches (each bucket: one of 2, one of 1): 4 micro-steps end it exactly
+    assert meta["position"] == {"epoch": 1, "index": 0}
+
+
+def test_bucket_batches_keep_the_seeded_order_and_one_bucket_per_batch(dataset):
+    from persona_ml.training.data import bucket_batches, build_samples
+
+    samples = build_samples(dataset, (32, 64))
+    order = [5, 0, 3, 1, 4, 2]
+    assert bucket_batches(order, samples, 1) == [(i,) for i in order]   # batch 1 is the permutation itself
+    batches = bucket_batches(order, samples, 2)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len({(samples[i].width, samples[i].height) for i in b}) == 1 for b in batches)
+    assert batches[0] == (5, 3) and [len(b) for b in batches] == [2, 2, 1, 1]   # full ones first, then the rest
+
+
+def test_resume_with_real_batches_is_bitwise_identical(dataset, cache_dir, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(jobmod, "_load_base_model", tiny.with_hook(None))
+    over = ("steps=6", "checkpoint.every=2", "data.batch_size=2", "data.gradient_accumulation=2")
+    reference = jobmod.train_lora(_cfg(cache_dir, *over), dataset, tmp_path / "ref")
+    job = jobmod.TrainingJob(_cfg(cache_dir, *over), dataset, tmp_path / "cut",
+                             on_event=lambda e: job.cancel() if (e.kind == "step" and e.step == 3) else None)
+    assert job.run().status is JobStatus.CANCELLED
+    resumed = jobmod.train_lora(_cfg(cache_dir, *over), dataset, tmp_path / "cut", resume=True)
+    assert resumed.resumed_from == 3 and resumed.losses == reference.losses
+    ref, got = load_file(str(reference.lora_path)), load_file(str(resumed.lora_path))
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
