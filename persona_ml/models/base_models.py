@@ -535,11 +535,11 @@ def load_base_model(
         pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
                             tokenizer_2=None, transformer=None)
     else:
-        pipe = FluxPipeline.from_pretrained(str(spec.path), torch_dtype=torch_dtype, local_files_only=True,
+        pipe = FluxPipeline.from_pretrained(str(spec.path), **dtype_kwargs(torch_dtype), local_files_only=True,
                                             **({"transformer": None} if parts == "encoders" or qconfig else {}))
     pipe.to(device)
     if parts != "encoders":
-        kwargs: dict[str, Any] = {"subfolder": "transformer", "torch_dtype": torch_dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {"subfolder": "transformer", **dtype_kwargs(torch_dtype), "local_files_only": True}
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
             if torch.device(device).type == "cuda":
@@ -550,6 +550,16 @@ def load_base_model(
         pipe.transformer = transformer
     return LoadedBaseModel(spec.name, spec, pipe, fingerprint, architecture_of(t_config),
                            quantization if parts != "encoders" else "none")
+
+
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """``{"dtype": dtype}`` for a diffusers that takes it (0.42 deprecates ``torch_dtype`` with a
+    FutureWarning on every load), ``{"torch_dtype": dtype}`` for one that does not know ``dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:  # pragma: no cover - diffusers is a core dependency
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 def _select_parts(pipe: FluxPipeline, parts: str) -> FluxPipeline:

@@ -411,9 +411,11 @@ def quantize_tiny_transformer(transformer: Any, quantization_config: Any, dtype:
 
     from diffusers import FluxTransformer2DModel
 
+    from persona_ml.models.base_models import dtype_kwargs
+
     with tempfile.TemporaryDirectory(prefix="persona_ml_tiny_q_") as tmp:
         transformer.save_pretrained(tmp)
-        kwargs: dict[str, Any] = {"torch_dtype": dtype, "quantization_config": quantization_config,
+        kwargs: dict[str, Any] = {**dtype_kwargs(dtype), "quantization_config": quantization_config,
                                   "local_files_only": True}
         is_cuda = str(device).startswith("cuda")
         if is_cuda:
