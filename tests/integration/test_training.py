@@ -366,6 +366,7 @@ def _script():
 
 def test_script_trains_and_refuses_rule_violations(dataset, cache_dir, tmp_path, capsys):
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
         main = _script().main
         common = ["--config", "tiny-cpu", "--images", str(dataset.root), "--quiet",
@@ -377,8 +378,10 @@ def test_script_trains_and_refuses_rule_violations(dataset, cache_dir, tmp_path,
         err = capsys.readouterr().err
         assert "lora_rules_violation" in err and "steps_too_low" in err
         assert not (tmp_path / "refused" / "config.resolved.yaml").exists()   # stopped before anything ran
+        assert signal.getsignal(signal.SIGINT) is previous_int   # the script puts Ctrl-C back
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def test_same_bucket_samples_are_stacked_into_one_forward(dataset, cache_dir, tmp_path, monkeypatch, tiny):
@@ -521,12 +524,13 @@ def test_sigint_checkpoints_and_ends_cancelled_like_sigterm(dataset, cache_dir, 
     job = jobmod.TrainingJob(_cfg(cache_dir), dataset, tmp_path,
                              on_event=lambda e: os.kill(os.getpid(), signal.SIGINT) if (e.kind == "step"
                                                                                        and e.step == 2) else None)
+    before = signal.getsignal(signal.SIGINT)
     job.install_signal_handlers()
     try:
         result = job.run()
     finally:
         job.restore_signal_handlers()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     assert result.status is JobStatus.CANCELLED and len(result.losses) == 2
     assert (tmp_path / "checkpoints" / "step-000002" / "meta.json").is_file()
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "cancelled"
