@@ -61,7 +61,7 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat1
 class _Entry:
     """One ``models.<name>`` entry of ``configs/base_models.yaml`` (strict keys)."""
 
-    kind: Literal["diffusers_dir", "tiny_flux"]
+    kind: Literal["diffusers_dir", "tiny_flux", "tiny_video"]
     description: str = ""
     license: str = ""
     license_url: str | None = None
@@ -72,6 +72,7 @@ class _Entry:
     checks: Literal["flux-dev", "flux"] | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None  # video models: the diffusers pipeline class (persona_ml.video.models)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class BaseModelSpec:
     checks: str | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None
     path: Path | None = None
     searched: tuple[str, ...] = ()
 
@@ -200,7 +202,7 @@ def resolve_base_model(
     canonical = names[name]
     entry = registry[canonical]
     spec = BaseModelSpec(name=canonical, **{f.name: getattr(entry, f.name) for f in dataclasses.fields(_Entry)})
-    if entry.kind == "tiny_flux":
+    if entry.kind in ("tiny_flux", "tiny_video"):
         if path is not None:
             raise ConfigError(
                 f"{canonical} is built in code and takes no model folder",
@@ -519,6 +521,10 @@ def load_base_model(
         return LoadedBaseModel(spec.name, spec, pipe, fingerprint, "tiny-flux", quantization if parts != "encoders"
                                else "none")
 
+    if spec.kind == "tiny_video" or spec.pipeline is not None:
+        raise ConfigError(f"{spec.name} is a video model ({spec.pipeline or spec.kind}); load it with "
+                          "persona_ml.video's load_video_model, not as a Flux base model",
+                          field="base_model", value=spec.name)
     if spec.path is None:  # a hand-made spec
         spec = resolve_base_model(spec.name, None)
     t_config = check_flux_dir(spec.path)
