@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_video.py
+	$(PY) benchmarks/bench_voice.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -236,7 +236,9 @@ _declare(400, {
     "invalid_input": "an argument has the wrong type or value; details name the field",
 })
 
-# backend_error (BackendError's code) is declared by the first change that raises it (issue 8)
+_declare(500, {
+    "backend_error": "a library or model backend failed on valid input (a fault of ours, not the caller's)",
+})
 
 # images
 _declare(422, {
@@ -379,6 +381,8 @@ _declare(422, {
     "audio_too_large": "more bytes than the limit",
     "audio_bad_samples": "the samples hold NaN or Inf",
     "audio_unreadable": "the audio file or object cannot be read",
+    "voice_rules_violation": "the voice-clone request violates the platform's rules (details list every violation)",
+    "voice_generation_empty": "the speech model produced no audio to save",
 })
 
 # video (issue 14)

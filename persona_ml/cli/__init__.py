@@ -20,7 +20,7 @@ EXIT_BAD_INPUT = 2
 EXIT_RULES = 3
 
 # Each module exposes ``register(subparsers)``; parsers set ``func(args) -> int``.
-COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate", "video")
+COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate", "video", "voice")
 
 
 def build_parser() -> argparse.ArgumentParser:
