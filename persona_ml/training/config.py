@@ -13,6 +13,13 @@ refuses a violating run with ``LoraRuleError``. ``rules.mode: dev`` exists for t
 computed, logged as warnings and recorded in ``TrainResult.rule_violations``, so a 40-step CPU
 test run is visibly a developer run, never a silent exception to the rules.
 
+``rules.mode: research`` is the researcher's one-off run on a real base (a 200-step test on a
+local FLUX.1 folder, a custom Flux): the rules are checked, every violation is logged as a
+warning, recorded in ``TrainResult.rule_violations``, in the LoRA's header
+(``persona_ml.rule_violations``) and on its model card, and training goes on. No preset uses it;
+it must be set explicitly, and a job given the service's ``LoraRequest`` refuses it (the service
+path always enforces the rules).
+
 Example:
     >>> from persona_ml.training.config import load_train_config
     >>> cfg = load_train_config("tiny-cpu", overrides=["steps=20"])   # doctest: +SKIP
@@ -69,11 +76,12 @@ class RulesConfig:
 
     Attributes:
         mode: ``"enforce"`` refuses a violating request before loading any model; ``"dev"``
-            (tiny-flux only) records the violations and trains anyway.
+            (tiny-flux only) records the violations and trains anyway; ``"research"`` (any base,
+            never with a service ``LoraRequest``) does the same, logged and written into the LoRA.
         plan: the plan the request is made under when the caller passes no ``LoraRequest``.
     """
 
-    mode: Literal["enforce", "dev"] = "enforce"
+    mode: Literal["enforce", "dev", "research"] = "enforce"
     plan: str = "pro"
 
 
@@ -177,8 +185,11 @@ class DataConfig:
             takes the prepared dataset's value.
         face_loss_weight: loss weight inside the face mask (1.0 = unweighted); the weight is
             ``1 + (face_loss_weight - 1) * mask`` on the packed latent grid.
-        batch_size: samples per process per micro-step (samples of different sizes are run as
-            separate forward passes and averaged).
+        batch_size: samples per process per micro-step, all of one bucket (width x height), stacked
+            into one forward and backward pass. Each epoch's seeded permutation is walked in
+            order and every sample joins the open batch of its bucket; a batch is drawn when full,
+            and an epoch's unfilled batches are drawn last, in the order they were opened (with
+            ``batch_size: 1`` this is exactly the permutation).
         gradient_accumulation: micro-steps per optimizer step.
         max_sequence_length: T5 tokens (512 for dev).
     """
@@ -273,10 +284,14 @@ class TrainConfig:
     """One training preset (``configs/train/<name>.yaml``).
 
     Attributes:
-        base_model: ``flux-dev`` (alias ``fal-ai/flux-lora``) or ``tiny-flux``.
+        base_model: ``flux-dev`` (alias ``fal-ai/flux-lora``), ``flux`` (any local Flux-architecture
+            diffusers folder given by ``base_model_path``) or ``tiny-flux``.
         base_model_path: folder of a diffusers-format model; ``None`` uses the model spec's lookup.
         precision: weights dtype of the frozen model and accelerate's mixed precision; the LoRA
             parameters stay fp32.
+        quantization: the frozen transformer's weights (``persona_ml.models.quantization``):
+            ``none``, ``int8-weight-only`` (torchao) or ``nf4`` (bitsandbytes, CUDA only); the
+            LoRA is trained in fp32 on top and exports exactly as on an unquantized base.
         gradient_checkpointing: recompute transformer activations in the backward pass.
         steps: optimizer steps.
         seed: seeds LoRA init, data order, caption dropout, timesteps and noise.
@@ -286,6 +301,7 @@ class TrainConfig:
     base_model: str = "flux-dev"
     base_model_path: Path | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    quantization: Literal["none", "int8-weight-only", "nf4"] = "none"
     gradient_checkpointing: bool = True
     steps: int = 1000
     seed: int = 0
@@ -304,7 +320,8 @@ class TrainConfig:
         if self.rules.mode == "dev" and self.base_model not in DEV_BASE_MODELS:
             raise ConfigError(f"rules.mode 'dev' is only allowed with a code-built test model "
                               f"({', '.join(DEV_BASE_MODELS)}); base_model {self.base_model!r} is trained under "
-                              "the platform's rules (rules.mode: enforce)", field="rules.mode", value=self.rules.mode)
+                              "the platform's rules (rules.mode: enforce; a one-off research run may set "
+                              "rules.mode: research)", field="rules.mode", value=self.rules.mode)
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples, strings for paths)."""

@@ -173,3 +173,33 @@ class Encoder:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.info("released text encoders and the VAE %s", "encoder (decoder kept for samples)" if keep_decoder else "")
+
+
+def bucket_batches(order, samples: list[TrainSample], batch_size: int) -> list[tuple[int, ...]]:
+    """One epoch's batches: ``order`` (a permutation of sample indices) cut into same-bucket batches.
+
+    The order is walked once; each sample joins the open batch of its bucket (width x height),
+    which is emitted when it holds ``batch_size`` samples. Batches still open at the end are
+    emitted last, in the order they were opened. With ``batch_size == 1`` the result is the
+    order itself, one sample per batch.
+
+    Args:
+        order: sample indices in this epoch's seeded order.
+        samples: the run's samples (their ``width`` / ``height`` are the bucket).
+        batch_size: samples per batch.
+
+    Returns:
+        Tuples of sample indices, every tuple of one bucket.
+    """
+    batches: list[tuple[int, ...]] = []
+    open_: dict[tuple[int, int], list[int]] = {}
+    for idx in order:
+        idx = int(idx)
+        bucket = (samples[idx].width, samples[idx].height)
+        group = open_.setdefault(bucket, [])
+        group.append(idx)
+        if len(group) == batch_size:
+            batches.append(tuple(group))
+            del open_[bucket]
+    batches.extend(tuple(g) for g in open_.values())  # dicts keep insertion (opening) order
+    return batches
