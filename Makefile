@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip wheel "setuptools<81"
 	# torch pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,dlib,voice]" "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev,dlib,voice,video]" "torch==2.13.0"
 	# the face_recognition baseline for benchmarks/bench_faces.py, without its dlib source build
 	$(PY) -m pip install --quiet --no-deps face_recognition==1.3.0
 	touch $(STAMP)
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dataset.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_swap.py
+	$(PY) benchmarks/bench_video.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -168,6 +168,13 @@ class TrainingError(PersonaMLError, RuntimeError):
     http_status = 500
 
 
+class VideoError(PersonaMLError, ValueError):
+    """A video or speech track could not be accepted, or a video job failed (``video_*``, ``speech_*``)."""
+
+    code = "video_invalid"
+    http_status = 422
+
+
 class LoraValidationError(PersonaMLError, ValueError):
     """A LoRA file cannot be used with this base model (``lora_*`` codes)."""
 
@@ -332,3 +339,19 @@ _declare(422, {
 })
 
 # video (issue 14)
+_declare(422, {
+    "video_invalid": "the video cannot be accepted (details say why)",
+    "video_empty": "the video upload has no bytes",
+    "video_not_a_video": "the bytes are not a container PyAV/FFmpeg can open",
+    "video_no_video_stream": "the container has no video stream",
+    "video_truncated": "the video data is truncated or corrupt (no decodable frame, or fewer than announced)",
+    "video_too_long": "the video is longer than the limit (read from the header before decoding)",
+    "video_too_large": "more pixels per frame, frames or bytes than the limit (read before decoding)",
+    "video_unreadable": "the video file or object cannot be read",
+    "speech_empty": "the speech track has no bytes or no samples",
+    "speech_too_long": "the speech is longer than the limit",
+    "speech_silent": "the speech track is silent (nothing to lip-sync to)",
+})
+_declare(500, {
+    "video_job_failed": "a video job failed inside a model or library (cause chained)",
+})

@@ -16,7 +16,7 @@ EXIT_BAD_INPUT = 2
 EXIT_RULES = 3
 
 # Each module exposes ``register(subparsers)``; parsers set ``func(args) -> int``.
-COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate")
+COMMAND_MODULES = ("faces", "rules", "dataset", "generate", "evaluate", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,7 +59,7 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat1
 class _Entry:
     """One ``models.<name>`` entry of ``configs/base_models.yaml`` (strict keys)."""
 
-    kind: Literal["diffusers_dir", "tiny_flux"]
+    kind: Literal["diffusers_dir", "tiny_flux", "tiny_video"]
     description: str = ""
     license: str = ""
     license_url: str | None = None
@@ -70,6 +70,7 @@ class _Entry:
     checks: Literal["flux-dev"] | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None  # video models: the diffusers pipeline class (persona_ml.video.models)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class BaseModelSpec:
     checks: str | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None
     path: Path | None = None
     searched: tuple[str, ...] = ()
 
@@ -190,7 +192,7 @@ def resolve_base_model(
     canonical = names[name]
     entry = registry[canonical]
     spec = BaseModelSpec(name=canonical, **{f.name: getattr(entry, f.name) for f in dataclasses.fields(_Entry)})
-    if entry.kind == "tiny_flux":
+    if entry.kind in ("tiny_flux", "tiny_video"):
         if path is not None:
             raise ConfigError(
                 f"{canonical} is built in code and takes no model folder",
