@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from ._args import ascii_int, parse_ascii_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("check", help="check a LoRA training request against the rules (no GPU work)",
@@ -16,10 +18,10 @@ def register(sub) -> None:
     p.add_argument("--plan", required=True, help="the account's plan (pro, agency, free, ...)")
     p.add_argument("--images", required=True, metavar="DIR|N",
                    help="a folder of training images (its images are counted) or a number")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default from the rules)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default from the rules)")
+    p.add_argument("--steps", type=ascii_int, default=None, help="training steps (default from the rules)")
+    p.add_argument("--rank", type=ascii_int, default=None, help="LoRA rank (default from the rules)")
     p.add_argument("--base-model", default=None, help="base model or alias, e.g. flux-dev, fal-ai/flux-lora")
-    p.add_argument("--credits", type=int, default=None, help="the account's credit balance (optional)")
+    p.add_argument("--credits", type=ascii_int, default=None, help="the account's credit balance (optional)")
     p.add_argument("--rules", default=None, metavar="YAML", help="rules file (default configs/lora_rules.yaml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -36,11 +38,15 @@ def count_images(spec: str) -> tuple[int, str]:
     from ..errors import InputError
     from ..images import list_images
 
-    text = spec.strip()
-    if text.isdigit():
-        return int(text), "number"
+    number = parse_ascii_int(spec)  # ASCII only: "²".isdigit() is True and int("²") raises
+    if number is not None and number >= 0 and spec.strip()[:1] != "+":
+        return number, "number"
     path = Path(spec)
-    if path.is_dir():
+    try:
+        is_dir = bool(spec) and path.is_dir()
+    except (OSError, ValueError):  # a name over the filesystem's limit, a NUL
+        is_dir = False
+    if is_dir:
         return len(list_images(path)), str(path)
     raise InputError(f"--images must be a folder or a non-negative number, got {spec!r}",
                      field="images", value=spec)

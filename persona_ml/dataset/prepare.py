@@ -369,7 +369,8 @@ def _render(pixels: np.ndarray, sha: str, label: str, face: FaceObservation, pla
     item = PreparedItem(id=item_id, image=f"images/{item_id}.png", caption=caption, width=size[0], height=size[1],
                         source_sha256=sha, source=Path(label).name, crop=tuple(int(v) for v in plan.box),
                         kind=plan.kind, face_bbox=tuple(round(float(v), 2) for v in fbox), mask=mask_rel,
-                        image_sha256=hashlib.sha256(png).hexdigest())
+                        image_sha256=hashlib.sha256(png).hexdigest(),
+                        mask_sha256=hashlib.sha256(mask_png).hexdigest() if mask_png is not None else "")
     return item, png, mask_png, caption
 
 
@@ -404,6 +405,14 @@ def check_trigger(trigger: Any) -> str:
 def check_out_dir(out: Path) -> None:
     """Refuse an output path that is a file, lies under a file, or is a non-empty folder that is
     not a prepared dataset (checked before any screening work, which would otherwise be lost)."""
+    try:
+        _check_out_dir(out)
+    except OSError as exc:  # a name over the filesystem's limit, an unreadable parent
+        raise InputError(f"output {out}: {exc.strerror or exc}", code="path_invalid", field="out_dir",
+                         value=str(out)) from None
+
+
+def _check_out_dir(out: Path) -> None:
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():

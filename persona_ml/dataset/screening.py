@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import is_dir_quiet
 from ..errors import FaceError, InputError, PersonaMLError
 from ..faces.quality import crop_box, exposure_stats, pose_bucket, to_gray
 from ..faces.types import FaceObservation
@@ -263,7 +264,7 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
 
 def _as_items(images: Any, max_bytes: int) -> list[tuple[Any, str]]:
     if isinstance(images, (str, os.PathLike)):
-        if not Path(images).is_dir():
+        if not is_dir_quiet(images):  # Path.is_dir raises on a name over the filesystem's limit
             raise InputError(f"images must be a folder or a sequence of images, got {images!r}",
                              field="images", value=str(images))
         return [(p, str(p)) for p in list_images(images)]

@@ -314,11 +314,22 @@ def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
 
 
 def _lora_file(path: str | os.PathLike) -> Path:
+    from persona_ml._files import FileProblem, check_regular_file
+
     path = Path(path)
-    if path.is_dir():
-        path = path / DIFFUSERS_WEIGHT_NAME
-    if not path.is_file():
-        raise ArtifactError(f"no LoRA file at {path}", code="lora_not_found", field="path", value=str(path))
+    try:
+        if path.is_dir():
+            path = path / DIFFUSERS_WEIGHT_NAME
+        check_regular_file(path)
+    except FileProblem as exc:
+        if exc.reason == "not_found":
+            raise ArtifactError(f"no LoRA file at {path}", code="lora_not_found", field="path",
+                                value=str(path)) from None
+        code = "path_invalid" if exc.reason in ("not_a_file", "name_too_long") else "lora_format_unknown"
+        raise ArtifactError(exc.message, code=code, field="path", value=str(path), **exc.details()) from None
+    except OSError as exc:  # is_dir on a name over the filesystem's limit
+        raise ArtifactError(f"{path}: {exc.strerror or exc}", code="path_invalid", field="path",
+                            value=str(path)) from None
     return path
 
 
@@ -363,27 +374,52 @@ def read_lora_file(path: str | os.PathLike) -> dict[str, ModuleLora]:
         ``{diffusers module path: ModuleLora}``; ``delta()`` gives each weight change.
 
     Raises:
-        ArtifactError: unreadable or unknown format.
+        ArtifactError: unreadable or unknown format, a bad rank/alpha pattern.
+        LoraValidationError: a malformed header, non-float or rank-0 weights
+            (``lora_dtype_invalid``, ``lora_shape_mismatch``), adapter metadata of the wrong
+            type or with non-positive r/alpha (``lora_metadata_invalid``).
     """
     from safetensors.torch import load_file
 
+    from persona_ml.errors import LoraValidationError
+    from persona_ml.lora.validation import _check_adapter_metadata, _check_alphas, _check_entries, read_safetensors_header
+
     file = _lora_file(path)
-    header = _read_header(file)
-    sd = load_file(str(file))
+    try:  # the header's dtypes, shapes and adapter metadata, before any tensor is used
+        entries, header = read_safetensors_header(file)
+        _check_entries(file, entries)
+        meta = _check_adapter_metadata(file, header.get(LORA_ADAPTER_METADATA_KEY))
+        sd = load_file(str(file))
+        _check_alphas(file, sd)
+    except LoraValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (safetensors' own error type on damaged data)
+        raise ArtifactError(f"{file} is not a readable safetensors file: {exc}", code="lora_format_unknown",
+                            field="path", value=str(file)) from None
     if any(k.endswith(".lora_down.weight") for k in sd):
         return kohya_to_module_loras(sd)
     loras = lora_from_state_dict(sd, alpha=1.0)
-    raw = header.get(LORA_ADAPTER_METADATA_KEY)
-    cfg = {k.removeprefix("transformer."): v for k, v in json.loads(raw).items()} if raw else {}
+    cfg = {k.removeprefix("transformer."): v for k, v in meta.items()} if meta else {}
     r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
     out = {}
-    for module, lo in loras.items():
-        rank = next((v for k, v in cfg.get("rank_pattern", {}).items() if re.match(rf"(.*\.)?({k})$", module)), None)
-        a = next((v for k, v in cfg.get("alpha_pattern", {}).items() if re.match(rf"(.*\.)?({k})$", module)), None)
-        rank = rank if rank is not None else (r if cfg else lo.rank)
-        a = a if a is not None else (alpha if cfg else lo.rank)
-        out[module] = ModuleLora(lo.A, lo.B, float(a) / rank)
+    try:
+        for module, lo in loras.items():
+            rank = next((v for k, v in cfg.get("rank_pattern", {}).items() if _pattern_matches(k, module)), None)
+            a = next((v for k, v in cfg.get("alpha_pattern", {}).items() if _pattern_matches(k, module)), None)
+            rank = rank if rank is not None else (r if cfg else lo.rank)
+            a = a if a is not None else (alpha if cfg else lo.rank)
+            out[module] = ModuleLora(lo.A, lo.B, float(a) / rank)
+    except re.error as exc:
+        raise ArtifactError(f"{file}: a rank/alpha pattern of its adapter metadata is not a valid regex ({exc})",
+                            code="lora_metadata_invalid", field=LORA_ADAPTER_METADATA_KEY, value=str(exc)) from None
     return out
+
+
+def _pattern_matches(pattern: str, module: str) -> bool:
+    """peft's rule for rank/alpha pattern keys (a regex matched at a module-name boundary)."""
+    if not isinstance(pattern, str) or len(pattern) > 1000:
+        raise re.error(f"pattern {str(pattern)[:40]!r} is not a string of at most 1000 characters")
+    return re.match(rf"(.*\.)?({pattern})$", module) is not None
 
 
 def _model_card(meta: LoraMetadata, kohya_file: str, n_modules: int) -> str:

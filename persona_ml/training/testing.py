@@ -43,7 +43,8 @@ def make_synthetic_dataset(root: str | os.PathLike, n: int = 3, size: int = 64, 
         items.append(PreparedItem(id=f"{i:03d}", image=f"images/{i:03d}.png", caption=f"{trigger}, a photo, view {i}",
                                   width=size, height=size, source_sha256=f"{i:064d}", source=f"photo{i}.jpg",
                                   crop=(0, 0, size, size), kind="closeup", face_bbox=(q, q, size / 2, size / 2),
-                                  mask=mask_rel, image_sha256=sha256_file(root / f"images/{i:03d}.png")))
+                                  mask=mask_rel, image_sha256=sha256_file(root / f"images/{i:03d}.png"),
+                                  mask_sha256=sha256_file(root / mask_rel) if mask_rel else ""))
     info = PreparedDatasetInfo(format_version=1, trigger=trigger, caption_dropout=0.05, resolutions=(size,),
                                dataset_hash=dataset_hash(items), profile_fingerprint=None, num_items=n,
                                num_source_images=n)

@@ -133,19 +133,25 @@ class LoadedVideo:
 
 def _read_source(source: VideoSource, limits: VideoLimits, name: str | None) -> tuple[bytes, str]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = name or str(path)
-        if not path.is_file():
-            raise VideoError(f"video file not found: {path}", code="video_unreadable", field="video", value=str(path))
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise VideoError(f"{label}: {size} bytes exceeds the {limits.max_bytes}-byte limit",
-                             code="video_too_large", field="video", value=size, limit=limits.max_bytes)
+        from .._files import FileProblem, path_text, read_regular_file
+
+        text = path_text(source)
+        label = name or text
         try:
-            return path.read_bytes(), label
-        except OSError as exc:
-            raise VideoError(f"{label}: cannot read file: {exc}", code="video_unreadable", field="video",
-                             value=str(path)) from exc
+            return read_regular_file(text, max_bytes=limits.max_bytes, label=label), label
+        except FileProblem as exc:
+            if exc.reason == "too_large":
+                raise VideoError(f"{label}: {exc.size} bytes exceeds the {limits.max_bytes}-byte limit",
+                                 code="video_too_large", field="video", value=exc.size,
+                                 limit=limits.max_bytes) from None
+            if exc.reason in ("not_a_file", "name_too_long"):  # a folder, FIFO or device is named as such
+                raise VideoError(exc.message, code="path_invalid", field="video", value=text,
+                                 **exc.details()) from None
+            if exc.reason == "not_found":
+                raise VideoError(f"video file not found: {exc.path}", code="video_unreadable", field="video",
+                                 value=text, **exc.details()) from None
+            raise VideoError(f"cannot read video file {exc.message}", code="video_unreadable", field="video",
+                             value=text, **exc.details()) from None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         label = name or f"<{len(data)} bytes>"

@@ -72,7 +72,8 @@ def test_profile_saves_and_reports_similarity_and_outliers(tmp_path, insightface
     rc = main(["profile", str(refs), "--backend", "dlib", "--out", str(out), "--json"])
     assert rc == 2  # the broken file is reported; the profile is still built from the others
     (report,) = _lines(capsys)
-    assert (tmp_path / "profiles" / "tom.safetensors").is_file() and (tmp_path / "profiles" / "tom.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "profiles").iterdir()) == ["tom.safetensors"]  # one file, atomic
+    assert report["files"] == [str(out) + ".safetensors"]
     by_name = {rec["path"].rsplit("/", 1)[-1]: rec for rec in report["images"]}
     assert by_name["f_broken.jpg"]["error"]["code"] in ("image_truncated", "image_not_an_image")
     assert report["outliers"] == [str(refs / "e_other.jpg")]

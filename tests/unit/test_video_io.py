@@ -162,3 +162,27 @@ def test_slaney_filters_have_unit_area_and_a_tone_lands_in_its_band():
     peak = int(mel[0, 0, 10:-10].mean(0).argmax())
     centres = (fb * np.arange(513)[:, None]).sum(0) / fb.sum(0) * df
     assert abs(centres[peak] - 1000) < 120
+
+
+def test_paths_that_are_not_regular_files_are_named_as_such(tmp_path):
+    import os
+
+    import pytest
+
+    from persona_ml.errors import VideoError
+    from persona_ml.video.io import load_video
+
+    with pytest.raises(VideoError) as err:
+        load_video(tmp_path)
+    assert err.value.code == "path_invalid" and "folder" in err.value.message
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(VideoError) as err:  # must not block on a FIFO with no writer
+        load_video(fifo)
+    assert err.value.code == "path_invalid" and "FIFO" in err.value.message
+    with pytest.raises(VideoError) as err:
+        load_video(tmp_path / ("x" * 300 + ".mp4"))
+    assert err.value.code == "path_invalid"
+    with pytest.raises(VideoError) as err:
+        load_video(tmp_path / "missing.mp4")
+    assert err.value.code == "video_unreadable" and "not found" in err.value.message
