@@ -7,7 +7,7 @@ itself (SIGKILL: no handler, no cleanup) at one event:
     before_first_checkpoint  right after step 2's samples are written, no checkpoint yet
     right_after_checkpoint   right after checkpoint 3 is complete
     mid_interval             after step 5's update (between checkpoints 3 and 6, samples of 4 done)
-    inside_checkpoint_write  while checkpoint 6 is being written (weights on disk, state.pt not yet)
+    inside_checkpoint_write  while checkpoint 6 is being written (one file on disk, the next being opened)
     inside_samples_write     while step 4's samples are being written (one of two images on disk)
 
 Only what the resumed run computed itself is compared with the uninterrupted run: the losses of the
@@ -60,11 +60,23 @@ CHILD = textwrap.dedent("""
             die(f"{e.kind} {e.step}")
 
     if phase == "checkpoint_write":
+        # die as the second file of checkpoint `at` is opened for writing: one file complete, the rest not
+        # (whether the trainer writes with open(), torch.save or anything else that opens a Python file)
+        import builtins
+        real_open = builtins.open
+        def guarded_open(file, mode="r", *a, **k):
+            folder = os.path.dirname(str(file))
+            name = os.path.basename(folder)
+            if any(c in str(mode) for c in "wxa") and name.startswith(f".step-{at:06d}.") and name.endswith(".tmp"):
+                done = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+                if done:
+                    die(f"inside checkpoint {at} write: {done} on disk, opening {os.path.basename(str(file))}")
+            return real_open(file, mode, *a, **k)
+        builtins.open = guarded_open
         real_save = torch.save
-        def save(obj, f, *a, **k):
-            name = os.path.basename(os.path.dirname(str(f)))
-            if name.startswith(f".step-{at:06d}.") and name.endswith(".tmp"):
-                die(f"inside checkpoint {at} write, before {os.path.basename(str(f))}")
+        def save(obj, f, *a, **k):  # torch.save straight to a path inside the checkpoint folder
+            if isinstance(f, (str, os.PathLike)):
+                guarded_open(f, "wb").close()
             return real_save(obj, f, *a, **k)
         torch.save = save
     if phase == "samples_write":
@@ -142,8 +154,10 @@ def test_killed_then_resumed_run_computes_what_the_uninterrupted_run_computes(po
     assert done_steps == ([resume_from] if resume_from else []), f"{point}: complete checkpoints {done_steps}"
     if point == "inside_checkpoint_write":  # the half-written checkpoint is on disk, under a temp name only
         partial = list((out / "checkpoints").glob(".step-000006.*.tmp"))
-        assert len(partial) == 1 and (partial[0] / "adapter.safetensors").is_file()
-        assert not (partial[0] / "state.pt").exists() and not (partial[0] / "meta.json").exists()
+        assert len(partial) == 1, partial
+        written = sorted(p.name for p in partial[0].iterdir() if not p.name.startswith("."))
+        assert len(written) == 1 and written[0] in ("adapter.safetensors", "state.pt"), written
+        assert not (partial[0] / "meta.json").exists()
     if point == "inside_samples_write":
         folder = out / "samples" / "step-000004"
         assert [p.name for p in folder.glob("p*.png")] == ["p0_s7.png"] and not (folder / "adapter.safetensors").exists()
