@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 IMAGES ?=
 PYTEST_ARGS ?=
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test wheel-check test-min demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,19 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check persona_ml scripts benchmarks tests
+	$(PY) -m ruff check persona_ml scripts benchmarks tests tools
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The wheel as a GPU worker gets it: built, installed into a fresh venv outside the repo, smoke-tested
+# from another folder (rules without torch, a face embedding, 5 training steps, one image).
+wheel-check:
+	PYTHON=$(PYTHON) bash tools/wheel_check.sh
+
+# The declared dependency floors, installed exactly, under the unit tests (see tools/test_min.sh).
+test-min:
+	PYTHON=$(PYTHON) bash tools/test_min.sh
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/demo.py $(if $(IMAGES),--images $(IMAGES),)

@@ -196,9 +196,12 @@ def test_cancel_checkpoints_and_resume_finishes(dataset, cache_dir, tmp_path, mo
     result = job.run()
     assert result.status is JobStatus.CANCELLED and result.lora_path is None and len(result.losses) == 3
     assert (tmp_path / "checkpoints" / "step-000003" / "meta.json").is_file()
-    resumed = jobmod.train_lora(_cfg(cache_dir), dataset, tmp_path, resume=True)
+    events = []
+    resumed = jobmod.train_lora(_cfg(cache_dir), dataset, tmp_path, resume=True, on_event=events.append)
     assert resumed.status is JobStatus.COMPLETED and resumed.resumed_from == 3 and len(resumed.losses) == 8
-    assert resumed.losses[:3] == result.losses
+    # the resumed run computed steps 4..8 only (its first 3 losses are the checkpoint's copy: not compared;
+    # tests/integration/test_resume.py compares what a resumed run computes with an uninterrupted run)
+    assert [e.step for e in events if e.kind == "step"] == [4, 5, 6, 7, 8]
 
 
 def test_sigterm_writes_a_checkpoint_and_ends_cancelled(dataset, cache_dir, tmp_path, monkeypatch, tiny):
