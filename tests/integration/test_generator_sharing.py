@@ -222,3 +222,26 @@ def test_fixed_slot_targets_allocate_once_and_refuse_outside(loras):
         gen.activate("B")
     assert exc.value.code == "lora_unused_keys"
     assert gen.cache_stats().slot_allocations == 1
+
+
+def test_evaluate_lora_never_mutates_the_generator_it_is_given(loras, reference, tmp_path, insightface_images):
+    from PIL import Image
+
+    from persona_ml.eval import evaluate_lora
+    from persona_ml.faces import FaceEmbedder, FaceProfile
+
+    embedder = FaceEmbedder("dlib")
+    profile = FaceProfile.build([embedder.embed_primary(
+        Image.open(insightface_images / "Tom_Hanks_54745.png").convert("RGB"))])
+    base = _fresh()
+    gen = CharacterGenerator(base, max_rank=8)
+    gen.register(Character("A", lora_path=loras["A"], trigger="ohwx"))
+    assert np.array_equal(_pixels(gen.generate(_request("A", 0.7))), reference("A", 0.7))
+    before = (dict(gen._characters), gen.cache_stats().memory, gen.face_embedder)
+    report = evaluate_lora(loras["B"], base=gen, out_dir=tmp_path / "ev", profile=profile, embedder=embedder,
+                           seeds=(0,), height=32, width=32, steps=1, max_sequence_length=32)
+    assert report.threshold is not None and (tmp_path / "ev" / "report.json").is_file()
+    assert (dict(gen._characters), gen.cache_stats().memory, gen.face_embedder) == before  # embedder not replaced
+    assert gen.face_embedder is None
+    # the evaluation left B in the shared slot: the caller's next A request still renders A at its scale
+    assert np.array_equal(_pixels(gen.generate(_request("A", 0.7))), reference("A", 0.7))
