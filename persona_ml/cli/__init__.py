@@ -1,6 +1,7 @@
 """``persona-ml`` command line: a thin dispatcher over its subcommand modules (``persona_ml.cli.faces``, ...).
 
-Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 1 internal error.
+Exit status: 0 success, 2 bad input or usage, 3 request violates the LoRA rules, 1 internal error
+(including a ``BackendError``: a library or backend failed on valid input).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    from ..errors import PersonaMLError
+    from ..errors import BackendError, PersonaMLError
 
     try:
         return int(args.func(args))
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         print(json.dumps({"error": exc.to_dict()}), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_INTERNAL if isinstance(exc, BackendError) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `persona-ml ... | head`: the reader left; not an error of ours

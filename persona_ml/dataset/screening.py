@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FaceError, InputError, PersonaMLError
+from ..errors import BackendError, FaceError, InputError, PersonaMLError
 from ..faces.quality import crop_box, exposure_stats, pose_bucket, to_gray
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, LoadedImage, list_images, load_image
@@ -171,6 +171,7 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
     Raises:
         InputError: ``images`` is not a folder or a sequence, or ``faces`` does not match it.
         ModelMismatchError: the profile was built with another embedding model.
+        BackendError: the face backend failed on a photo (a fault of ours: no photo is rejected for it).
 
     Example:
         >>> report = screen_dataset("photos/", profile, FaceEmbedder("dlib"))   # doctest: +SKIP
@@ -317,6 +318,8 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
 
     c.hashes = phash_pair(img.pixels)
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
+    if isinstance(result, BackendError):  # the face backend failed: not a verdict on the user's photo
+        raise result
     if isinstance(result, PersonaMLError):
         c.code, c.reason = result.code, result.message
         return
