@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip wheel "setuptools<81"
 	# torch pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,dlib]" "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev,dlib,voice]" "torch==2.13.0"
 	# the face_recognition baseline for benchmarks/bench_faces.py, without its dlib source build
 	$(PY) -m pip install --quiet --no-deps face_recognition==1.3.0
 	touch $(STAMP)

@@ -175,6 +175,32 @@ class LoraValidationError(PersonaMLError, ValueError):
     http_status = 422
 
 
+class AudioError(PersonaMLError, ValueError):
+    """An audio upload could not be accepted (``audio_*`` codes)."""
+
+    code = "audio_invalid"
+    http_status = 422
+
+
+class VoiceError(PersonaMLError, ValueError):
+    """A voice-level problem with otherwise valid audio, a voice profile or a generation request."""
+
+    code = "voice_error"
+    http_status = 422
+
+
+class VoiceRuleError(PersonaMLError, ValueError):
+    """A voice-clone request violates the platform's rules; ``violations`` lists all of them."""
+
+    code = "voice_rules_violation"
+    http_status = 422
+
+    def __init__(self, message: str, violations: list | tuple = (), **details: Any) -> None:
+        super().__init__(message, **details)
+        self.violations = list(violations)
+        self.details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
+
+
 # --- the registry: every code, once -------------------------------------------------------------
 # Each area keeps its codes in its own block so that additions do not collide.
 
@@ -294,5 +320,18 @@ _declare(400, {
 # hostile input and faults (issue 12)
 
 # voice (issue 13)
+_declare(422, {
+    "audio_empty": "the audio upload has no bytes (or the array no samples)",
+    "audio_not_audio": "the bytes are not audio in any known container (an image renamed .wav)",
+    "audio_no_stream": "the container holds no audio stream (a video with no sound track)",
+    "audio_format_not_allowed": "the audio container is not on the allowlist",
+    "audio_truncated": "the audio is cut short or corrupt (details give the header's and the decoded duration)",
+    "audio_too_long": "longer than the limit (read from the header before decoding, enforced while decoding)",
+    "audio_too_short": "shorter than the minimum duration",
+    "audio_too_many_channels": "more channels than the limit",
+    "audio_too_large": "more bytes than the limit",
+    "audio_bad_samples": "the samples hold NaN or Inf",
+    "audio_unreadable": "the audio file or object cannot be read",
+})
 
 # video (issue 14)
