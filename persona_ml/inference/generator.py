@@ -61,6 +61,8 @@ __all__ = ["CharacterGenerator", "IPAdapterSpec", "SLOT_ADAPTER"]
 class _MemEntry:
     lora: ValidatedLora
     stat: tuple[int, ...]
+    packed: Any = None  # (slot layout, flat tensor) when the LoRA has the slot's exact layout
+    tried: Any = None  # the slot layout packing was last tried for
 
 
 def _file_stat(path: Path) -> tuple[int, ...]:
@@ -291,6 +293,17 @@ class CharacterGenerator:
                         lora.nbytes, self.memory_budget_bytes)
         return lora, False
 
+    def _pack(self, entry: _MemEntry) -> None:
+        """Keep the LoRA as one flat tensor in the slot's layout when it has exactly the slot's modules and
+        rank (every character trained with the same settings does): its next switches are one copy. The
+        canonical tensors become views into that flat tensor, so the cache holds the same bytes as before."""
+        entry.tried = self.slot.layout
+        packed = self.slot.pack(entry.lora)
+        if packed is None:
+            return
+        entry.packed = packed
+        entry.lora = dataclasses.replace(entry.lora, state_dict=self.slot.unpack(packed))
+
     def _registered_span(self) -> tuple[set[str], int]:
         """Union of the modules and the largest rank of every LoRA this generator holds validated."""
         targets: set[str] = set()
@@ -327,7 +340,10 @@ class CharacterGenerator:
                 slot.detach()
             else:
                 held = slot.content == lora.sha256 and slot.covers(lora.target_modules, lora.rank)
-                slot.load(lora, self.swap, reserve=self._registered_span)
+                entry = self._memory[character_id]
+                slot.load(lora, self.swap, reserve=self._registered_span, packed=entry.packed)
+                if entry.tried != slot.layout:
+                    self._pack(entry)
                 slot.attach()
                 slot.set_scale(scale)
                 self._last = character_id

@@ -61,6 +61,13 @@ class PipelineSlot:
         self._places: list[tuple[Any, str, Any, Any]] = []  # (parent, child name, LoRA layer, base layer)
         self._params: dict[str, tuple[Any, Any]] = {}
         self._dirty: set[str] = set()  # slot modules that may hold non-zero weights
+        # Every slot tensor is a view into one flat buffer, in ``_layout`` order (module, A then B), and
+        # every layer's scaling is one shared 0-d tensor: a LoRA packed in the same layout swaps in with
+        # one copy, and a scale change is one fill, whatever the number of modules.
+        self._flat: Any = None
+        self._scale_t: Any = None
+        self._offsets: dict[str, tuple[int, int, int, int]] = {}  # module -> (A offset, in, B offset, out)
+        self.layout: tuple[tuple[str, ...], int] = ((), 0)
         # IP-Adapter: which one is loaded, and the two processor sets
         self.ip_key: tuple | None = None
         self.default_procs: dict[str, Any] | None = None
@@ -140,6 +147,7 @@ class PipelineSlot:
                 self._set_attached(True)
                 transformer.unload_lora()  # restores the plain nn.Linear modules (same Parameters)
             self._layers, self._places, self._params, self._dirty = {}, [], {}, set()
+            self._flat, self._scale_t, self._offsets, self.layout = None, None, {}, ((), 0)
             self.content, self.scale, self.attached = None, None, False
             self.targets, self.rank = frozenset(), 0
             sd = {}
@@ -158,16 +166,31 @@ class PipelineSlot:
                                f"{type(exc).__name__}: {exc}", code="backend_error", stage="slot_allocate",
                                library="peft") from exc
         lookup = dict(transformer.named_modules())
-        for name in sorted(targets):
+        order = sorted(targets)
+        offset = 0
+        for name in order:
+            in_f, out_f = self.modules[name]
+            self._offsets[name] = (offset, in_f, offset + rank * in_f, out_f)
+            offset += rank * (in_f + out_f)
+        flat = torch.zeros(offset, dtype=dtype, device=device)
+        scale_t = torch.zeros((), dtype=torch.float32, device=device)
+        for name in order:
             layer = lookup.get(name)
             if not isinstance(layer, LoraLayer) or SLOT_ADAPTER not in layer.scaling:
-                raise BackendError(f"PEFT did not wrap {name} with the LoRA slot", code="backend_error",
-                                   stage="slot_allocate", library="peft", module=name)
+                raise BackendError(f"PEFT did not wrap {name} with the LoRA slot", stage="slot_allocate",
+                                   library="peft", module=name)
             parent_name, _, child = name.rpartition(".")
             parent = lookup[parent_name] if parent_name else transformer
+            a_off, in_f, b_off, out_f = self._offsets[name]
+            a, b = layer.lora_A[SLOT_ADAPTER].weight, layer.lora_B[SLOT_ADAPTER].weight
+            a.data = flat[a_off:a_off + rank * in_f].view(rank, in_f)
+            b.data = flat[b_off:b_off + out_f * rank].view(out_f, rank)
+            layer.scaling[SLOT_ADAPTER] = scale_t
             self._layers[name] = layer
             self._places.append((parent, child, layer, layer.get_base_layer()))
-            self._params[name] = (layer.lora_A[SLOT_ADAPTER].weight, layer.lora_B[SLOT_ADAPTER].weight)
+            self._params[name] = (a, b)
+        self._flat, self._scale_t = flat, scale_t
+        self.layout = (tuple(order), rank)
         self.targets, self.rank = targets, rank
         self.attached = True
         self.allocations += 1
@@ -180,12 +203,12 @@ class PipelineSlot:
         if on == self.attached or not self._places:
             self.attached = on if self._places else False
             return
-        if on:
-            first = next(iter(self._params.values()))[0]
-            if first.device != self.transformer.device or first.dtype != self.transformer.dtype:
-                for _, _, layer, _ in self._places:  # the pipeline was moved while the slot was detached
-                    for name in ("lora_A", "lora_B"):
-                        getattr(layer, name).to(device=self.transformer.device, dtype=self.transformer.dtype)
+        if on and (self._flat.device != self.transformer.device or self._flat.dtype != self.transformer.dtype):
+            # the pipeline was moved or cast while the slot was out of the module tree: allocate it again there
+            log.info("the pipeline moved to %s/%s: re-allocating the LoRA slot", self.transformer.device,
+                     self.transformer.dtype)
+            self._allocate(self.targets, self.rank)
+            return
         for parent, child, layer, base in self._places:
             setattr(parent, child, layer if on else base)
         self.attached = on
@@ -201,7 +224,7 @@ class PipelineSlot:
     # ------------------------------------------------------------------ content
 
     def load(self, lora: ValidatedLora, swap: str, *,
-             reserve: Callable[[], tuple[Iterable[str], int]] | None = None) -> bool:
+             reserve: Callable[[], tuple[Iterable[str], int]] | None = None, packed: Any = None) -> bool:
         """Make the slot hold ``lora`` (by content hash); returns whether tensors were copied.
 
         Args:
@@ -210,6 +233,7 @@ class PipelineSlot:
             reserve: returns ``(targets, rank)`` the slot should cover if it has to grow anyway (the
                 union of what the caller holds validated), so that one re-allocation serves them all;
                 called only when the slot grows.
+            packed: ``(layout, flat tensor)`` from ``pack(lora)``; used (one copy) while the layout holds.
 
         Raises:
             BackendError: the copy failed; the slot is then marked empty, never half-loaded.
@@ -229,6 +253,8 @@ class PipelineSlot:
         try:
             if swap == "diffusers":
                 self._swap_diffusers(lora)
+            elif packed is not None and packed[0] == self.layout:
+                self._flat.copy_(packed[1], non_blocking=True)
             else:
                 self._swap_direct(lora)
         except Exception as exc:
@@ -264,17 +290,48 @@ class PipelineSlot:
                     a_slot[r:].zero_()
                     b_slot[:, r:].zero_()
 
+    def pack(self, lora: ValidatedLora) -> tuple[tuple[tuple[str, ...], int], Any] | None:
+        """``(layout, flat tensor)`` of ``lora`` in the slot's layout, or ``None`` when its modules or rank
+        differ from the slot's (it then swaps in module by module).
+
+        The flat tensor holds exactly the canonical tensors (same size), so a caller can keep only it
+        (``unpack`` gives the state dict back as views); pinned on CUDA for an asynchronous copy.
+        """
+        import torch
+
+        if (tuple(sorted(lora.target_modules)), lora.rank) != self.layout:
+            return None
+        flat = torch.empty(self._flat.numel(), dtype=self._flat.dtype)
+        sd = lora.state_dict
+        for m, (a_off, in_f, b_off, out_f) in self._offsets.items():
+            flat[a_off:a_off + self.rank * in_f].view(self.rank, in_f).copy_(sd[f"{m}.lora_A.weight"])
+            flat[b_off:b_off + out_f * self.rank].view(out_f, self.rank).copy_(sd[f"{m}.lora_B.weight"])
+        if self._flat.device.type == "cuda":
+            flat = flat.pin_memory()
+        return self.layout, flat
+
+    def unpack(self, packed: tuple[tuple[tuple[str, ...], int], Any]) -> dict[str, Any]:
+        """The canonical state dict of a packed LoRA, as views into its flat tensor."""
+        (order, rank), flat = packed
+        out = {}
+        offset = 0
+        for m in order:
+            in_f, out_f = self.modules[m]
+            out[f"{m}.lora_A.weight"] = flat[offset:offset + rank * in_f].view(rank, in_f)
+            out[f"{m}.lora_B.weight"] = flat[offset + rank * in_f:offset + rank * (in_f + out_f)].view(out_f, rank)
+            offset += rank * (in_f + out_f)
+        return out
+
     def set_scale(self, scale: float) -> None:
-        """Write ``scale`` into every slot layer's scaling (skipped when it is already there)."""
+        """Write ``scale`` into the slot's shared scaling tensor (skipped when it is already there)."""
         scale = float(scale)
-        if self.scale == scale:
+        if self.scale == scale or self._scale_t is None:
+            self.scale = scale if self._scale_t is not None else None
             return
-        for layer in self._layers.values():
-            current = layer.scaling[SLOT_ADAPTER]
-            if hasattr(current, "fill_"):
-                current.fill_(scale)
-            else:
-                layer.scaling[SLOT_ADAPTER] = scale
+        self._scale_t.fill_(scale)
+        for layer in self._layers.values():  # PEFT's hotswap puts a tensor of its own in place of ours
+            if layer.scaling[SLOT_ADAPTER] is not self._scale_t:
+                layer.scaling[SLOT_ADAPTER] = self._scale_t
         self.scale = scale
 
     def slot_scales(self) -> set[float]:
@@ -286,7 +343,7 @@ class PipelineSlot:
 
     def nbytes(self) -> int:
         """Bytes held by the slot's LoRA tensors."""
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self._params.values())
+        return 0 if self._flat is None else self._flat.numel() * self._flat.element_size()
 
     # ------------------------------------------------------------------ attention processors
 

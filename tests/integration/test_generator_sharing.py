@@ -245,3 +245,31 @@ def test_evaluate_lora_never_mutates_the_generator_it_is_given(loras, reference,
     assert gen.face_embedder is None
     # the evaluation left B in the shared slot: the caller's next A request still renders A at its scale
     assert np.array_equal(_pixels(gen.generate(_request("A", 0.7))), reference("A", 0.7))
+
+
+def test_characters_with_the_slot_layout_switch_with_one_copy(loras, reference, monkeypatch):
+    """LoRAs with exactly the slot's modules and rank are kept as one flat tensor in the slot's layout:
+    their switches are one copy, with the same images and the same cache bytes as the per-module path."""
+    from persona_ml.inference.slot import PipelineSlot
+
+    gen = CharacterGenerator(_fresh(), max_rank=8)
+    for cid in ("A", "C"):  # same targets and rank
+        gen.register(Character(cid, lora_path=loras[cid], trigger="ohwx"))
+    assert np.array_equal(_pixels(gen.generate(_request("A", 0.7))), reference("A", 0.7))  # module by module
+    assert np.array_equal(_pixels(gen.generate(_request("C"))), reference("C", 1.0))
+    bytes_before = gen.cache_stats().memory_bytes
+    assert gen._memory["A"].packed is not None and gen._memory["C"].packed is not None
+
+    def no_per_module_copy(self, lora):
+        raise AssertionError("a packed LoRA was copied module by module")
+
+    plan = (("A", "A", 0.7), ("C", "C", 1.0), ("A", "A", 0.5))
+    refs = {(f, sc): reference(f, sc) for _, f, sc in plan}  # fresh generators copy module by module
+    monkeypatch.setattr(PipelineSlot, "_swap_direct", no_per_module_copy)
+    for cid, file_id, scale in plan:
+        assert np.array_equal(_pixels(gen.generate(_request(cid, scale))), refs[(file_id, scale)])
+    assert gen.cache_stats().memory_bytes == bytes_before
+    gen.register(Character("B", lora_path=loras["B"], trigger="ohwx"))  # another layout: the slot grows
+    monkeypatch.undo()
+    assert np.array_equal(_pixels(gen.generate(_request("B", 0.7))), reference("B", 0.7))
+    assert np.array_equal(_pixels(gen.generate(_request("A", 0.5))), reference("A", 0.5))  # stale pack not used
