@@ -296,13 +296,17 @@ class CharacterGenerator:
     def _pack(self, entry: _MemEntry) -> None:
         """Keep the LoRA as one flat tensor in the slot's layout when it has exactly the slot's modules and
         rank (every character trained with the same settings does): its next switches are one copy. The
-        canonical tensors become views into that flat tensor, so the cache holds the same bytes as before."""
+        canonical tensors become views into that flat tensor, so the cache holds the same bytes as before
+        (plus alignment padding)."""
         entry.tried = self.slot.layout
         packed = self.slot.pack(entry.lora)
         if packed is None:
             return
+        flat = packed[1]
+        nbytes = flat.numel() * flat.element_size()
         entry.packed = packed
-        entry.lora = dataclasses.replace(entry.lora, state_dict=self.slot.unpack(packed))
+        self._memory_bytes += nbytes - entry.lora.nbytes
+        entry.lora = dataclasses.replace(entry.lora, state_dict=self.slot.unpack(packed), nbytes=nbytes)
 
     def _registered_span(self) -> tuple[set[str], int]:
         """Union of the modules and the largest rank of every LoRA this generator holds validated."""

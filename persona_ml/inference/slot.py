@@ -39,6 +39,11 @@ __all__ = ["PipelineSlot", "SLOT_ADAPTER"]
 SLOT_ADAPTER = "persona_slot"
 
 _SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
 _SLOTS_LOCK = threading.Lock()
 
 
@@ -168,10 +173,11 @@ class PipelineSlot:
         lookup = dict(transformer.named_modules())
         order = sorted(targets)
         offset = 0
-        for name in order:
+        for name in order:  # each tensor starts on a 64-element boundary (aligned loads in the matmuls)
             in_f, out_f = self.modules[name]
-            self._offsets[name] = (offset, in_f, offset + rank * in_f, out_f)
-            offset += rank * (in_f + out_f)
+            b_off = _align(offset + rank * in_f)
+            self._offsets[name] = (offset, in_f, b_off, out_f)
+            offset = _align(b_off + rank * out_f)
         flat = torch.zeros(offset, dtype=dtype, device=device)
         scale_t = torch.zeros((), dtype=torch.float32, device=device)
         for name in order:
@@ -294,8 +300,9 @@ class PipelineSlot:
         """``(layout, flat tensor)`` of ``lora`` in the slot's layout, or ``None`` when its modules or rank
         differ from the slot's (it then swaps in module by module).
 
-        The flat tensor holds exactly the canonical tensors (same size), so a caller can keep only it
-        (``unpack`` gives the state dict back as views); pinned on CUDA for an asynchronous copy.
+        The flat tensor holds the canonical tensors (plus alignment padding of at most 64 elements per
+        tensor), so a caller can keep only it (``unpack`` gives the state dict back as views); pinned
+        on CUDA for an asynchronous copy.
         """
         import torch
 
@@ -311,15 +318,14 @@ class PipelineSlot:
         return self.layout, flat
 
     def unpack(self, packed: tuple[tuple[tuple[str, ...], int], Any]) -> dict[str, Any]:
-        """The canonical state dict of a packed LoRA, as views into its flat tensor."""
+        """The canonical state dict of a packed LoRA, as views into its flat tensor (valid while the layout holds)."""
         (order, rank), flat = packed
+        if (order, rank) != self.layout:
+            raise ValueError("unpack() needs the layout the LoRA was packed for")
         out = {}
-        offset = 0
-        for m in order:
-            in_f, out_f = self.modules[m]
-            out[f"{m}.lora_A.weight"] = flat[offset:offset + rank * in_f].view(rank, in_f)
-            out[f"{m}.lora_B.weight"] = flat[offset + rank * in_f:offset + rank * (in_f + out_f)].view(out_f, rank)
-            offset += rank * (in_f + out_f)
+        for m, (a_off, in_f, b_off, out_f) in self._offsets.items():
+            out[f"{m}.lora_A.weight"] = flat[a_off:a_off + rank * in_f].view(rank, in_f)
+            out[f"{m}.lora_B.weight"] = flat[b_off:b_off + out_f * rank].view(out_f, rank)
         return out
 
     def set_scale(self, scale: float) -> None:

@@ -269,6 +269,9 @@ def test_characters_with_the_slot_layout_switch_with_one_copy(loras, reference, 
     for cid, file_id, scale in plan:
         assert np.array_equal(_pixels(gen.generate(_request(cid, scale))), refs[(file_id, scale)])
     assert gen.cache_stats().memory_bytes == bytes_before
+    # the flat copies replaced the canonical tensors (views now), they did not add to them
+    canonical = sum(t.numel() * t.element_size() for t in gen._memory["A"].lora.state_dict.values())
+    assert canonical <= bytes_before / 2 <= 1.05 * canonical
     gen.register(Character("B", lora_path=loras["B"], trigger="ohwx"))  # another layout: the slot grows
     monkeypatch.undo()
     assert np.array_equal(_pixels(gen.generate(_request("B", 0.7))), reference("B", 0.7))
