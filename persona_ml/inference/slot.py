@@ -72,6 +72,7 @@ class PipelineSlot:
         self._flat: Any = None
         self._scale_t: Any = None
         self._offsets: dict[str, tuple[int, int, int, int]] = {}  # module -> (A offset, in, B offset, out)
+        self._ptrs: tuple[int, int] = (0, 0)
         self.layout: tuple[tuple[str, ...], int] = ((), 0)
         # IP-Adapter: which one is loaded, and the two processor sets
         self.ip_key: tuple | None = None
@@ -149,7 +150,8 @@ class PipelineSlot:
         dtype, device = transformer.dtype, transformer.device
         try:
             if self._layers:
-                self._set_attached(True)
+                for parent, child, layer, _ in self._places:  # back in the tree, so unload_lora finds every layer
+                    setattr(parent, child, layer)
                 transformer.unload_lora()  # restores the plain nn.Linear modules (same Parameters)
             self._layers, self._places, self._params, self._dirty = {}, [], {}, set()
             self._flat, self._scale_t, self._offsets, self.layout = None, None, {}, ((), 0)
@@ -168,7 +170,7 @@ class PipelineSlot:
             transformer.load_lora_adapter(sd, adapter_name=SLOT_ADAPTER, prefix=None, metadata=meta)
         except Exception as exc:
             raise BackendError(f"allocating the LoRA slot ({len(targets)} modules, rank {rank}) failed: "
-                               f"{type(exc).__name__}: {exc}", code="backend_error", stage="slot_allocate",
+                               f"{type(exc).__name__}: {exc}", stage="slot_allocate",
                                library="peft") from exc
         lookup = dict(transformer.named_modules())
         order = sorted(targets)
@@ -196,6 +198,8 @@ class PipelineSlot:
             self._places.append((parent, child, layer, layer.get_base_layer()))
             self._params[name] = (a, b)
         self._flat, self._scale_t = flat, scale_t
+        first, last = self._params[order[0]][0], self._params[order[-1]][1]
+        self._ptrs = (first.data_ptr(), last.data_ptr())
         self.layout = (tuple(order), rank)
         self.targets, self.rank = targets, rank
         self.attached = True
@@ -205,15 +209,29 @@ class PipelineSlot:
 
     # ------------------------------------------------------------------ attach / detach
 
+    def _views_intact(self) -> bool:
+        """The slot's parameters are still views into the flat buffer, on the transformer's device and dtype.
+
+        ``pipe.to(device or dtype)`` replaces every parameter's tensor (attached slot), or leaves the
+        detached slot behind; either way the buffer no longer is what the model computes with.
+        """
+        order = self.layout[0]
+        first, last = self._params[order[0]][0], self._params[order[-1]][1]
+        base = self._places[0][3].weight  # in the module tree attached or not: it moves with the pipeline
+        # (not transformer.device/.dtype: diffusers walks every module for those, ~10 ms on a switch)
+        return (first.data_ptr(), last.data_ptr()) == self._ptrs and self._flat.device == base.device \
+            and self._flat.dtype == base.dtype
+
     def _set_attached(self, on: bool) -> None:
-        if on == self.attached or not self._places:
-            self.attached = on if self._places else False
+        if not self._places:
+            self.attached = False
             return
-        if on and (self._flat.device != self.transformer.device or self._flat.dtype != self.transformer.dtype):
-            # the pipeline was moved or cast while the slot was out of the module tree: allocate it again there
+        if on and not self._views_intact():
             log.info("the pipeline moved to %s/%s: re-allocating the LoRA slot", self.transformer.device,
                      self.transformer.dtype)
-            self._allocate(self.targets, self.rank)
+            self._allocate(self.targets, self.rank)  # content is zeros: the next load copies it in again
+            return
+        if on == self.attached:
             return
         for parent, child, layer, base in self._places:
             setattr(parent, child, layer if on else base)
@@ -245,6 +263,8 @@ class PipelineSlot:
             BackendError: the copy failed; the slot is then marked empty, never half-loaded.
         """
         self.check_foreign()
+        if self._places and not self._views_intact():
+            self._set_attached(True)  # re-allocates on the pipeline's device and dtype
         if not self.covers(lora.target_modules, lora.rank):
             targets, rank = set(lora.target_modules), lora.rank
             if reserve is not None:

@@ -276,3 +276,25 @@ def test_characters_with_the_slot_layout_switch_with_one_copy(loras, reference, 
     monkeypatch.undo()
     assert np.array_equal(_pixels(gen.generate(_request("B", 0.7))), reference("B", 0.7))
     assert np.array_equal(_pixels(gen.generate(_request("A", 0.5))), reference("A", 0.5))  # stale pack not used
+
+
+@pytest.mark.parametrize("detached", [False, True])
+def test_pipeline_cast_after_the_slot_exists_reallocates_it(loras, detached):
+    """pipe.to(dtype) replaces the slot's tensors (attached) or leaves them behind (detached): the slot notices,
+    is allocated again on the pipeline's dtype, and the LoRA is copied in again."""
+    base = _fresh()
+    gen = CharacterGenerator(base, max_rank=8)
+    for cid in ("A", "C"):  # same layout: both switch by one copy into the flat buffer
+        gen.register(Character(cid, lora_path=loras[cid], trigger="ohwx"))
+        gen.generate(_request(cid))
+    if detached:
+        gen.generate(_request("A", tier="base"))
+    base.pipeline.to(torch.bfloat16)
+    got = {cid: _pixels(gen.generate(_request(cid))) for cid in ("A", "C")}
+    assert gen.slot.allocations == 2 and gen.slot._flat.dtype == torch.bfloat16
+    ref_base = _fresh()
+    ref_base.pipeline.to(torch.bfloat16)
+    for cid in ("A", "C"):
+        ref = CharacterGenerator(ref_base, max_rank=8)
+        ref.register(Character(cid, lora_path=loras[cid], trigger="ohwx"))
+        assert np.array_equal(got[cid], _pixels(ref.generate(_request(cid)))), cid
