@@ -1,13 +1,21 @@
-"""Benchmark: persona_ml's dlib face pipeline vs face_recognition's defaults, same photos, one run.
+"""Benchmark: persona_ml's dlib face pipeline vs face_recognition, same photos, one run.
 
-Ours:      persona_ml.load_image + FaceEmbedder("dlib") (HOG on a copy downscaled to 800 px,
-           upsampling only when nothing is found; 5-point alignment and descriptor on full res).
-Baseline:  face_recognition.load_image_file + face_locations (HOG, 1 upsampling, full res)
-           + face_encodings (5-point "small" model, num_jitters=1) - the library's defaults.
+Ours:        persona_ml.load_image + FaceEmbedder("dlib") (HOG on a copy downscaled to 800 px,
+             upsampling only when nothing is found; 5-point alignment and descriptor on full res).
+Defaults:    face_recognition.load_image_file + face_locations (HOG, 1 upsampling, full res)
+             + face_encodings (5-point "small" model, num_jitters=1) - the library's defaults.
+Downscaled:  face_recognition as its own examples use it on large frames
+             (facerec_from_webcam_faster.py: detect on a resized copy, scale the boxes back):
+             cv2.resize to the same long side as ours (--detect-max-side), face_locations there
+             (upsample=1), boxes scaled back, face_encodings on the full-resolution image. The
+             strongest fair baseline: same detection size as ours, same descriptor resolution.
 
 Each pipeline runs in its own child process (this script with ``--worker``) so that peak memory
-(``ru_maxrss`` of that process, and tracemalloc's Python-side peak) is measured cleanly; model
-loading is timed separately from the per-image loop. Printed: images/s of each and their ratio,
+(``ru_maxrss`` of that process, and tracemalloc's Python-side peak) and CPU seconds (user + system
+of that process) are measured cleanly; model loading is timed separately from the per-image loop,
+and the machine's load average is read before and after each loop (this machine is shared: compare
+CPU seconds as well as wall seconds). Printed (and written to benchmarks/results/bench_faces.txt):
+images/s of each and both ratios,
 peak memory, per-face cosine agreement of the two embeddings (largest face of each photo, matched
 by box overlap), verification ROC AUC of each over labelled identities (MANIFEST.tsv; `unknown`
 and near-duplicates left out), inputs and machine.
@@ -51,6 +59,17 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+KINDS = ("ours", "baseline", "downscaled")
+LABELS = {"ours": "ours", "baseline": "defaults", "downscaled": "downscaled"}
+
+
 def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
     import tracemalloc
 
@@ -65,7 +84,7 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
         def run(path):
             faces = embedder.analyze_one(path)
             return [(f.bbox, f.embedding) for f in faces]
-    else:
+    elif kind == "baseline":
         import face_recognition  # imports face_recognition_models (needs pkg_resources)
 
         def run(path):
@@ -74,11 +93,28 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
             encs = face_recognition.face_encodings(img, locs)
             return [((float(left), float(t), float(r), float(b)), np.asarray(e, np.float32))
                     for (t, r, b, left), e in zip(locs, encs)]
+    else:
+        import cv2
+        import face_recognition
+
+        def run(path):
+            img = face_recognition.load_image_file(path)
+            h, w = img.shape[:2]
+            scale = min(1.0, detect_max_side / max(h, w))
+            small = cv2.resize(img, (0, 0), fx=scale, fy=scale) if scale < 1.0 else img
+            locs_small = face_recognition.face_locations(small)
+            locs = [(min(h, round(t / scale)), min(w, round(r / scale)), min(h, round(b / scale)), round(left / scale))
+                    for (t, r, b, left) in locs_small]
+            encs = face_recognition.face_encodings(img, locs)
+            return [((float(left), float(t), float(r), float(b)), np.asarray(e, np.float32))
+                    for (t, r, b, left), e in zip(locs, encs)]
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_peak_mb()
     tracemalloc.start()
     results = {}
     per_image = {}
+    load_before = os.getloadavg()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     for path in paths:
         t_img = time.perf_counter()
@@ -93,10 +129,13 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
             results[path] = (list(map(float, bbox)), (emb / np.linalg.norm(emb)).tolist(), len(faces))
         per_image[path] = time.perf_counter() - t_img
     elapsed = time.perf_counter() - t0
+    cpu_s = _cpu_s() - cpu0
+    load_after = os.getloadavg()
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     Path(out).write_text(json.dumps({
-        "kind": kind, "load_s": load_s, "elapsed_s": elapsed, "n": len(paths), "results": results, "per_image_s": per_image,
+        "kind": kind, "load_s": load_s, "elapsed_s": elapsed, "cpu_s": cpu_s, "loadavg": [load_before[0], load_after[0]],
+        "n": len(paths), "results": results, "per_image_s": per_image,
         "rss_start_mb": rss_start, "rss_after_load_mb": rss_loaded, "rss_peak_mb": _rss_peak_mb(),
         "tracemalloc_peak_mb": py_peak / 2**20}))
 
@@ -144,7 +183,9 @@ def main() -> int:
     parser.add_argument("--faces", type=Path, default=DEFAULT_FACES)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N photos (0 = all)")
     parser.add_argument("--detect-max-side", type=int, default=800)
-    parser.add_argument("--worker", choices=("ours", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "bench_faces.txt",
+                        help="where the printed report is also written")
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,62 +211,73 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         plist = Path(tmp) / "paths.json"
         plist.write_text(json.dumps(paths))
-        for kind in ("ours", "baseline"):
+        for kind in KINDS:
             out = Path(tmp) / f"{kind}.json"
             cmd = [sys.executable, __file__, "--worker", kind, "--paths", str(plist), "--out", str(out),
                    "--detect-max-side", str(args.detect_max_side)]
             subprocess.run(cmd, check=True)
             reports[kind] = json.loads(out.read_text())
-    ours, base = reports["ours"], reports["baseline"]
-    both = set(ours["results"]) & set(base["results"])
-    agree = []
-    for p in sorted(both):
-        (bo, eo, _), (bb, eb, _) = ours["results"][p], base["results"][p]
-        if iou(bo, bb) > 0.5:
-            agree.append(float(np.dot(eo, eb)))
-    agree_arr = np.asarray(agree)
-    ips_ours = ours["n"] / ours["elapsed_s"]
-    ips_base = base["n"] / base["elapsed_s"]
+    ours = reports["ours"]
     mp = np.asarray(sizes) / 1e6
-    auc_ours, n_pos, n_neg = verification(ours["results"], rows, both)
-    auc_base, _, _ = verification(base["results"], rows, both)
-    auc_ours_all, p_all, n_all = verification(ours["results"], rows, set(ours["results"]))
-    auc_base_all, pb_all, nb_all = verification(base["results"], rows, set(base["results"]))
     try:
         import dlib
 
         dlib_version = dlib.__version__
     except ImportError:
         dlib_version = "?"
-    print("bench_faces: persona_ml dlib pipeline vs face_recognition defaults")
-    print(f"machine: {platform.platform()}; {platform.processor() or platform.machine()}; "
-          f"cpu_count={os.cpu_count()}; python {platform.python_version()}; dlib {dlib_version}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"inputs: {len(paths)} photos from {args.faces}/people (sizes {mp.min():.2f}-{mp.max():.2f} MP, "
-          f"median {np.median(mp):.2f} MP, {int((mp > 4).sum())} over 4 MP); largest face per photo")
-    print(f"ours:     detect_max_side={args.detect_max_side}, upsample only when nothing found, num_jitters=0")
-    print("baseline: face_locations(img) [hog, upsample=1] + face_encodings(img, locs) [small, num_jitters=1]")
-    print(f"{'':10}{'images/s':>10}{'load s':>9}{'loop s':>9}{'peak RSS MB':>13}{'RSS +MB':>9}"
-          f"{'py peak MB':>12}{'found':>8}")
-    for name, rep in (("ours", ours), ("baseline", base)):
-        print(f"{name:10}{rep['n'] / rep['elapsed_s']:>10.2f}{rep['load_s']:>9.2f}{rep['elapsed_s']:>9.1f}"
-              f"{rep['rss_peak_mb']:>13.0f}{rep['rss_peak_mb'] - rep['rss_after_load_mb']:>9.0f}"
-              f"{rep['tracemalloc_peak_mb']:>12.1f}{len(rep['results']):>5}/{rep['n']}")
-    print(f"speed ratio (ours / baseline images/s): {ips_ours / ips_base:.2f}x")
-    for label, lo, hi in (("<= 0.1 MP (150 px crops)", 0, 0.1), ("0.1-1 MP", 0.1, 1.0), ("> 1 MP (photos)", 1.0, 1e9)):
-        sel = [p for p, m in zip(paths, mp) if lo < m <= hi] if lo else [p for p, m in zip(paths, mp) if m <= hi]
-        if sel:
-            to = sum(ours["per_image_s"][p] for p in sel)
-            tb = sum(base["per_image_s"][p] for p in sel)
-            print(f"  {label:26} n={len(sel):3}: ours {len(sel) / to:6.2f} img/s, baseline {len(sel) / tb:6.2f} img/s, "
-                  f"ratio {tb / to:.2f}x")
-    if len(agree_arr):
-        print(f"embedding agreement (cosine, same face in both, n={len(agree_arr)}): mean {agree_arr.mean():.4f}, "
-              f"median {np.median(agree_arr):.4f}, min {agree_arr.min():.4f}")
-    print(f"verification AUC on photos both found ({n_pos} same / {n_neg} different pairs): "
-          f"ours {auc_ours:.4f}, baseline {auc_base:.4f}")
-    print(f"verification AUC on each one's own detections: ours {auc_ours_all:.4f} ({p_all}/{n_all} pairs), "
-          f"baseline {auc_base_all:.4f} ({pb_all}/{nb_all} pairs)")
+    lines: list[str] = []
+    say = lines.append
+    say("bench_faces: persona_ml dlib pipeline vs face_recognition (its defaults, and as its examples use it on "
+        "large frames)")
+    say(f"machine: {platform.platform()}; {platform.processor() or platform.machine()}; "
+        f"cpu_count={os.cpu_count()}; python {platform.python_version()}; dlib {dlib_version}; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    say(f"inputs: {len(paths)} photos from {args.faces}/people (sizes {mp.min():.2f}-{mp.max():.2f} MP, "
+        f"median {np.median(mp):.2f} MP, {int((mp > 4).sum())} over 4 MP); largest face per photo")
+    say(f"ours:       detect_max_side={args.detect_max_side}, upsample only when nothing found, num_jitters=0")
+    say("defaults:   face_locations(img) [hog, upsample=1] + face_encodings(img, locs) [small, num_jitters=1]")
+    say(f"downscaled: face_locations(cv2.resize to long side {args.detect_max_side}) [hog, upsample=1], boxes scaled "
+        "back, face_encodings(full img, boxes) [small, num_jitters=1]")
+    say(f"{'':11}{'images/s':>9}{'CPU s':>8}{'loop s':>8}{'load s':>8}{'loadavg':>12}{'peak RSS MB':>13}"
+        f"{'RSS +MB':>9}{'py peak MB':>12}{'found':>8}")
+    for kind in KINDS:
+        rep = reports[kind]
+        la = rep["loadavg"]
+        say(f"{LABELS[kind]:11}{rep['n'] / rep['elapsed_s']:>9.2f}{rep['cpu_s']:>8.1f}{rep['elapsed_s']:>8.1f}"
+            f"{rep['load_s']:>8.2f}{f'{la[0]:.2f}->{la[1]:.2f}':>12}{rep['rss_peak_mb']:>13.0f}"
+            f"{rep['rss_peak_mb'] - rep['rss_after_load_mb']:>9.0f}{rep['tracemalloc_peak_mb']:>12.1f}"
+            f"{len(rep['results']):>5}/{rep['n']}")
+    for kind in KINDS[1:]:
+        base = reports[kind]
+        name = LABELS[kind]
+        wall = (ours["n"] / ours["elapsed_s"]) / (base["n"] / base["elapsed_s"])
+        cpu = base["cpu_s"] / ours["cpu_s"]
+        say(f"ratio vs {name}: {wall:.2f}x images/s (wall), {cpu:.2f}x less CPU time")
+        for label, lo, hi in (("<= 0.1 MP (150 px crops)", 0, 0.1), ("0.1-1 MP", 0.1, 1.0),
+                              ("> 1 MP (photos)", 1.0, 1e9)):
+            sel = [p for p, m in zip(paths, mp) if (lo < m <= hi if lo else m <= hi)]
+            if sel:
+                to = sum(ours["per_image_s"][p] for p in sel)
+                tb = sum(base["per_image_s"][p] for p in sel)
+                say(f"  {label:26} n={len(sel):3}: ours {len(sel) / to:6.2f} img/s, {name} {len(sel) / tb:6.2f} img/s, "
+                    f"ratio {tb / to:.2f}x")
+        both = set(ours["results"]) & set(base["results"])
+        agree = np.asarray([float(np.dot(ours["results"][p][1], base["results"][p][1])) for p in sorted(both)
+                            if iou(ours["results"][p][0], base["results"][p][0]) > 0.5])
+        if len(agree):
+            say(f"  embedding agreement with ours (cosine, same face, n={len(agree)}): mean {agree.mean():.4f}, "
+                f"median {np.median(agree):.4f}, min {agree.min():.4f}")
+        auc_o, n_pos, n_neg = verification(ours["results"], rows, both)
+        auc_b, _, _ = verification(base["results"], rows, both)
+        say(f"  verification AUC on photos both found ({n_pos} same / {n_neg} different pairs): ours {auc_o:.4f}, "
+            f"{name} {auc_b:.4f}")
+    for kind in KINDS:
+        auc_k, p_k, n_k = verification(reports[kind]["results"], rows, set(reports[kind]["results"]))
+        say(f"verification AUC on its own detections: {LABELS[kind]} {auc_k:.4f} ({p_k}/{n_k} pairs)")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text)
     return 0
 
 

@@ -251,19 +251,28 @@ def _check_rate(value: Any, field_name: str) -> int:
 
 def _read_bytes(source, limits: AudioLimits, name: str | None) -> tuple[bytes, str]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = name or str(path)
-        if not path.is_file():
-            raise AudioError(f"audio file not found: {path}", code="audio_unreadable", field="audio", value=str(path))
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise AudioError(f"{label}: {size} bytes exceeds the {limits.max_bytes}-byte limit",
-                             code="audio_too_large", field="audio", value=size, limit=limits.max_bytes)
+        from ._files import FileProblem, path_text, read_regular_file
+
         try:
-            return path.read_bytes(), label
-        except OSError as exc:
-            raise AudioError(f"{label}: cannot read file: {exc}", code="audio_unreadable",
-                             field="audio", value=str(path)) from exc
+            text = path_text(source)
+        except (TypeError, UnicodeError) as exc:
+            raise AudioError(f"not a usable audio path: {exc}", code="invalid_input", field="audio",
+                             value=repr(source)) from None
+        label = name or text
+        try:  # a folder, FIFO or device is refused before anything is opened; never blocks, never over-reads
+            return read_regular_file(text, max_bytes=limits.max_bytes, label=label), label
+        except FileProblem as exc:
+            if exc.reason == "too_large":
+                raise AudioError(f"{label}: {exc.size} bytes exceeds the {limits.max_bytes}-byte limit"
+                                 if exc.size is not None else exc.message, code="audio_too_large", field="audio",
+                                 value=exc.size, limit=limits.max_bytes) from None
+            if exc.reason in ("not_a_file", "name_too_long"):
+                raise AudioError(exc.message, code="path_invalid", field="audio", value=text, **exc.details()) from None
+            if exc.reason == "not_found":
+                raise AudioError(f"audio file not found: {exc.path}", code="audio_unreadable", field="audio",
+                                 value=text, **exc.details()) from None
+            raise AudioError(f"cannot read audio file {exc.message}", code="audio_unreadable", field="audio",
+                             value=text, **exc.details()) from None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         label = name or f"<{len(data)} bytes>"

@@ -18,9 +18,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ._json import jsonable
+from ._json import bounded, jsonable
 
 log = logging.getLogger(__name__)
+
+#: a message longer than this is cut (with a note of how much was cut): an error never carries a
+#: multi-megabyte echo of hostile input into logs and HTTP answers
+MAX_MESSAGE_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,14 @@ class PersonaMLError(Exception):
             log.error("error code %r is not declared in persona_ml.errors.ERROR_CODES", self.code)
         else:
             self.http_status = entry.http_status
+        message = str(message)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + f"... [{len(message) - MAX_MESSAGE_CHARS} more characters cut]"
+            self.args = (message,)
         self.message = message
-        self.details: dict[str, Any] = details
+        # bounded at the root: long strings, long lists, deep nesting and huge integers are cut, so
+        # no caller can put a hostile value whole into a log line or an HTTP answer
+        self.details: dict[str, Any] = {str(k): bounded(v) for k, v in details.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"code", "message", "details"}``."""
@@ -135,6 +145,15 @@ class BackendError(PersonaMLError, RuntimeError):
     http_status = 500
 
 
+class StorageError(PersonaMLError, OSError):
+    """An artefact could not be written: the disk is full (``storage_full``), or the OS refused
+    the write (``write_failed``). ``details['path']`` names the file; the previous version of the
+    artefact, if any, is left intact. Also an ``OSError`` so existing handlers keep working."""
+
+    code = "write_failed"
+    http_status = 500
+
+
 class ModelMismatchError(PersonaMLError, ValueError):
     """Two artefacts made by different models were compared or combined."""
 
@@ -156,9 +175,9 @@ class LoraRuleError(PersonaMLError, ValueError):
     http_status = 422
 
     def __init__(self, message: str, violations: list | tuple = (), **details: Any) -> None:
-        super().__init__(message, **details)
+        details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
+        super().__init__(message, **details)  # bounded there, like every error's details
         self.violations = list(violations)
-        self.details.setdefault("violations", [v.to_dict() if hasattr(v, "to_dict") else v for v in violations])
 
 
 class TrainingError(PersonaMLError, RuntimeError):
@@ -166,6 +185,13 @@ class TrainingError(PersonaMLError, RuntimeError):
 
     code = "training_failed"
     http_status = 500
+
+
+class VideoError(PersonaMLError, ValueError):
+    """A video or speech track could not be accepted, or a video job failed (``video_*``, ``speech_*``)."""
+
+    code = "video_invalid"
+    http_status = 422
 
 
 class LoraValidationError(PersonaMLError, ValueError):
@@ -318,6 +344,30 @@ _declare(400, {
 # screening (issue 10)
 
 # hostile input and faults (issue 12)
+_declare(400, {
+    "path_invalid": "a path cannot be used as given: over the filesystem's name limit, a folder, FIFO or device "
+                    "where a file is expected, or an empty, '.' or '/' output name",
+})
+_declare(422, {
+    "image_array_invalid": "an image array has an unsupported dtype (strings, dates, objects, complex) or values "
+                           "outside the documented range",
+    "dataset_path_escapes": "a prepared dataset names a file outside its folder (.., an absolute path, a symlink "
+                            "leaving it)",
+    "dataset_file_changed": "a prepared dataset's file no longer matches the size or sha256 its manifest recorded",
+    "lora_dtype_invalid": "a LoRA tensor is not floating point",
+    "lora_metadata_invalid": "the LoRA's adapter metadata has the wrong JSON type, or r/alpha are not positive numbers",
+})
+_declare(500, {
+    "write_failed": "an artefact could not be written (permission, read-only or I/O error); details name the path; "
+                    "the previous version is intact",
+    "checkpoint_damaged": "a checkpoint file does not match the checksum recorded when it was written",
+    "internal_error": "a fault inside persona_ml or a library it calls (a bug, never the input); -vv logs the "
+                      "traceback",
+})
+_declare(507, {
+    "storage_full": "no space left on the device (or the quota is used up) while writing; details name the path; "
+                    "the previous version is intact",
+})
 
 # voice (issue 13)
 _declare(422, {
@@ -332,6 +382,24 @@ _declare(422, {
     "audio_too_large": "more bytes than the limit",
     "audio_bad_samples": "the samples hold NaN or Inf",
     "audio_unreadable": "the audio file or object cannot be read",
+    "voice_rules_violation": "the voice-clone request violates the platform's rules (details list every violation)",
+    "voice_generation_empty": "the speech model produced no audio to save",
 })
 
 # video (issue 14)
+_declare(422, {
+    "video_invalid": "the video cannot be accepted (details say why)",
+    "video_empty": "the video upload has no bytes",
+    "video_not_a_video": "the bytes are not a container PyAV/FFmpeg can open",
+    "video_no_video_stream": "the container has no video stream",
+    "video_truncated": "the video data is truncated or corrupt (no decodable frame, or fewer than announced)",
+    "video_too_long": "the video is longer than the limit (read from the header before decoding)",
+    "video_too_large": "more pixels per frame, frames or bytes than the limit (read before decoding)",
+    "video_unreadable": "the video file or object cannot be read",
+    "speech_empty": "the speech track has no bytes or no samples",
+    "speech_too_long": "the speech is longer than the limit",
+    "speech_silent": "the speech track is silent (nothing to lip-sync to)",
+})
+_declare(500, {
+    "video_job_failed": "a video job failed inside a model or library (cause chained)",
+})

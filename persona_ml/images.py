@@ -132,7 +132,14 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, *, name: 
 
     Args:
         source: path, bytes, binary file object, PIL image or ``(H, W[, C])`` numpy array.
-            A ``LoadedImage`` is returned unchanged.
+            A ``LoadedImage`` is returned unchanged. A path must name a regular file (a folder,
+            FIFO or device is refused as such, ``path_invalid``). A JPEG carrying an MPF second
+            image (phone photos; Pillow calls it MPO) is a JPEG: its first frame is used.
+            Arrays follow one rule: ``uint8`` as is; ``uint16`` (either byte order) scaled
+            by 255/65535; ``bool`` as 0/255; other integer dtypes must hold 0-255; floats are
+            intensities in ``[0, 1]`` (values within ``FLOAT_RANGE_TOLERANCE`` outside are
+            clipped, anything further is refused: divide 0-255 floats by 255). Strings,
+            dates, objects and complex numbers are refused (``image_array_invalid``).
         limits: acceptance limits; defaults to ``ImageLimits()`` (about 50 MP, 32 px minimum).
         name: label used in messages instead of the path.
 
@@ -141,7 +148,9 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, *, name: 
 
     Raises:
         ImageError: codes ``image_empty``, ``image_not_an_image``, ``image_format_not_allowed``,
-            ``image_too_large``, ``image_too_small``, ``image_truncated``, ``image_unreadable``.
+            ``image_too_large``, ``image_too_small``, ``image_truncated``, ``image_unreadable``,
+            ``image_array_invalid``, ``path_invalid``, ``invalid_input`` (an unsupported source type,
+            a text-mode file object, ``read()`` returning something other than bytes).
     """
     if isinstance(source, LoadedImage):
         return source
@@ -158,34 +167,57 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, *, name: 
 
 def _read_bytes(source, limits: ImageLimits, name: str | None) -> tuple[bytes, str]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = name or str(path)
-        if not path.is_file():
-            raise ImageError(f"image file not found: {path}", code="image_unreadable", field="image", value=str(path))
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise ImageError(f"{label}: {size} bytes exceeds the {limits.max_bytes}-byte limit",
-                             code="image_too_large", field="image", value=size, limit=limits.max_bytes)
+        from ._files import FileProblem, path_text, read_regular_file
+
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"{label}: cannot read file: {exc}", code="image_unreadable",
-                             field="image", value=str(path)) from exc
+            text = path_text(source)
+        except (TypeError, UnicodeError) as exc:
+            raise ImageError(f"not a usable image path: {exc}", code="invalid_input", field="image",
+                             value=repr(source)) from None
+        label = str(name) if name is not None else text
+        try:
+            data = read_regular_file(text, max_bytes=limits.max_bytes, label=label)
+        except FileProblem as exc:
+            if exc.reason == "too_large":
+                raise ImageError(f"{label}: {exc.size} bytes exceeds the {limits.max_bytes}-byte limit"
+                                 if exc.size is not None else exc.message, code="image_too_large", field="image",
+                                 value=exc.size, limit=limits.max_bytes) from None
+            if exc.reason in ("not_a_file", "name_too_long"):  # a folder, FIFO or device is named, not a photo
+                raise ImageError(exc.message, code="path_invalid", field="image", value=text,
+                                 **exc.details()) from None
+            if exc.reason == "not_found":
+                why = exc.message.removeprefix(f"{exc.path}: ")
+                raise ImageError(f"image file not found: {exc.path}" + ("" if why == "no such file" else f" ({why})"),
+                                 code="image_unreadable", field="image", value=text, **exc.details()) from None
+            raise ImageError(f"cannot read image file {exc.message}", code="image_unreadable", field="image",
+                             value=text, **exc.details()) from None
         return data, label
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        label = name or f"<{len(data)} bytes>"
+        label = str(name) if name is not None else f"<{len(data)} bytes>"
     elif hasattr(source, "read"):
+        label = str(name if name is not None else getattr(source, "name", None) or "<file object>")
+        read = getattr(source, "read", None)
+        if not callable(read):
+            raise ImageError(f"{label}: the file object's read is not callable", code="invalid_input",
+                             field="image", value=type(source).__name__)
         try:
-            data = source.read(limits.max_bytes + 1)
-        except (OSError, ValueError) as exc:  # a closed file, a broken upload stream
-            raise ImageError(f"{name or getattr(source, 'name', None) or '<file object>'}: cannot read: {exc}",
-                             code="image_unreadable", field="image", value=type(source).__name__) from exc
+            data = read(limits.max_bytes + 1)
+        except Exception as exc:  # an upload stream may raise anything (closed file, dropped connection, a wrapper's bug)
+            raise ImageError(f"{label}: cannot read: {type(exc).__name__}: {exc}", code="image_unreadable",
+                             field="image", value=type(source).__name__, error=type(exc).__name__) from exc
         if isinstance(data, str):
             raise ImageError("file object must be opened in binary mode", code="invalid_input",
                              field="image", value=type(source).__name__)
-        label = name or getattr(source, "name", None) or "<file object>"
-        label = str(label)
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        if data is None:  # a non-blocking stream with nothing ready
+            raise ImageError(f"{label}: read() returned None (a non-blocking stream with no data); pass the bytes "
+                             "or a blocking file object", code="image_unreadable", field="image",
+                             value=type(source).__name__)
+        if not isinstance(data, bytes):
+            raise ImageError(f"{label}: read() returned {type(data).__name__}, not bytes", code="invalid_input",
+                             field="image", value=type(data).__name__)
     else:
         raise ImageError(f"unsupported image source type {type(source).__name__}", code="invalid_input",
                          field="image", value=type(source).__name__)
@@ -212,10 +244,13 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
         except UnidentifiedImageError as exc:
             raise ImageError(f"{label}: not a recognised image ({len(data)} bytes)", code="image_not_an_image",
                              field="image", value=label) from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except _DECODE_ERRORS as exc:
             raise ImageError(f"{label}: corrupt or truncated header: {exc}", code="image_truncated",
                              field="image", value=label) from exc
         fmt = (img.format or "").upper()
+        if fmt == "MPO" and "JPEG" in allowed:
+            # a phone JPEG with an MPF second image (depth map, preview): a JPEG whose first frame is the photo
+            fmt = "JPEG"
         if fmt not in allowed:
             raise ImageError(f"{label}: format {fmt or 'unknown'} is not allowed (allowed: {', '.join(allowed)})",
                              code="image_format_not_allowed", field="image", value=fmt, allowed=list(allowed))
@@ -227,7 +262,7 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
             img.load()
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{label}: {exc}", code="image_too_large", field="image", value=label) from exc
-        except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
+        except (*_DECODE_ERRORS, zlib.error) as exc:
             raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
                              field="image", value=label) from exc
         mode = img.mode
@@ -241,10 +276,20 @@ def _decode(data: bytes, limits: ImageLimits, label: str) -> LoadedImage:
                 img = ImageOps.exif_transpose(img)
             except Exception:  # noqa: BLE001 (as above: keep the photo as stored)
                 orientation = 1
-        pixels = _to_rgb(img)
+        try:
+            pixels = _to_rgb(img)
+        except (*_DECODE_ERRORS, zlib.error) as exc:  # frames decoded lazily by the conversion
+            raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
+                             field="image", value=label) from exc
     _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
     return LoadedImage(pixels=pixels, sha256=digest, format=fmt, source=label, original_mode=mode,
                        exif_transposed=orientation != 1, n_frames=n_frames)
+
+
+# Pillow's decoders report hostile headers with these (struct.error and IndexError come from
+# plugins parsing a field that is shorter than it claims)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, OverflowError)
 
 
 def _check_png_header(data: bytes, limits: ImageLimits, label: str) -> None:
@@ -293,24 +338,56 @@ def _to_rgb(img) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+#: float arrays are intensities in [0, 1]; values this far outside (resampling overshoot) are clipped,
+#: anything further is refused: 0-255 floats must be divided by 255, [-1, 1] data mapped by (x + 1) / 2
+FLOAT_RANGE_TOLERANCE = 0.05
+
+
+def _array_to_uint8(arr: np.ndarray, label: str) -> np.ndarray:
+    """The documented array rule (see ``load_image``): uint8 as is; uint16 of either byte order
+    scaled by 255/65535; bool as 0/255; other integers must already be 0-255; floats are [0, 1]."""
+    kind = arr.dtype.kind
+    if kind == "u" and arr.dtype.itemsize == 1:
+        return arr.astype(np.uint8, copy=False)
+    if kind == "u" and arr.dtype.itemsize == 2:  # '<u2' and '>u2' alike: the values, not the bytes
+        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    if kind == "b":
+        return arr.astype(np.uint8) * np.uint8(255)
+    if kind in "iu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ImageError(f"{label}: {arr.dtype} array values must be 0-255 (got {lo}..{hi}); pass 16-bit data "
+                             "as uint16, or scale it to uint8", code="image_array_invalid", field="image",
+                             value=[lo, hi], dtype=str(arr.dtype))
+        return arr.astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{label}: array contains NaN or inf", code="image_not_an_image", field="image",
+                             value=label)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -FLOAT_RANGE_TOLERANCE or hi > 1.0 + FLOAT_RANGE_TOLERANCE:
+            raise ImageError(f"{label}: float image arrays hold intensities in [0, 1], got values {lo:.4g}..{hi:.4g}; "
+                             "divide 0-255 floats by 255 (or pass uint8), map [-1, 1] data with (x + 1) / 2",
+                             code="image_array_invalid", field="image", value=[lo, hi], dtype=str(arr.dtype))
+        return np.clip(np.round(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    raise ImageError(f"{label}: an image array must hold numbers (uint8, uint16, bool, 0-255 integers or [0, 1] "
+                     f"floats), got dtype {arr.dtype}", code="image_array_invalid", field="image",
+                     value=str(arr.dtype))
+
+
 def _from_array(arr: np.ndarray, limits: ImageLimits, label: str) -> LoadedImage:
+    if arr.dtype.kind not in "biuf":  # strings, dates, timedeltas, objects, complex, structured
+        raise ImageError(f"{label}: an image array must hold numbers, got dtype {arr.dtype}",
+                         code="image_array_invalid", field="image", value=str(arr.dtype))
     if arr.size == 0:
         raise ImageError(f"{label}: empty array {arr.shape}", code="image_empty", field="image", value=list(arr.shape))
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
         raise ImageError(f"{label}: array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}",
                          code="image_not_an_image", field="image", value=list(arr.shape))
     _check_dims((arr.shape[1], arr.shape[0]), limits, label)
-    if arr.dtype == np.uint16:
-        arr = np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ImageError(f"{label}: array contains NaN or inf", code="image_not_an_image", field="image", value=label)
-        scale = 255.0 if arr.max() <= 1.0 else 1.0
-        arr = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    arr = _array_to_uint8(arr, label)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] == 4:
@@ -334,7 +411,7 @@ def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
             img.seek(position)
             img = first
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _DECODE_ERRORS as exc:
         raise ImageError(f"{label}: truncated or corrupt image data: {exc}", code="image_truncated",
                          field="image", value=label) from exc
     mode = img.mode
@@ -346,7 +423,11 @@ def _from_pil_object(img, limits: ImageLimits, label: str) -> LoadedImage:
             img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 (malformed EXIF must not reject an otherwise good photo)
         orientation = 1
-    pixels = _to_rgb(img)
+    try:
+        pixels = _to_rgb(img)
+    except (ValueError, TypeError, OSError) as exc:  # a mode Pillow cannot convert to RGB (HSV, a closed image)
+        raise ImageError(f"{label}: a PIL image in mode {mode} cannot be converted to RGB: {exc}",
+                         code="image_not_an_image", field="image", value=mode) from exc
     _check_dims((pixels.shape[1], pixels.shape[0]), limits, label)
     digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
     return LoadedImage(pixels=pixels, sha256=digest, format="pil", source=label, original_mode=mode,
@@ -387,9 +468,45 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", "
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image-like files directly in ``folder``, sorted by name (hidden files skipped)."""
+    """Image-like files directly in ``folder``, sorted by name (hidden files skipped).
+
+    Raises:
+        ImageError: ``invalid_input`` when ``folder`` is not a folder (a file, FIFO or device is
+            named as what it is), ``path_invalid`` for a name over the filesystem's limit,
+            ``image_unreadable`` when it cannot be listed.
+    """
+    import errno
+    import stat
+
+    from ._files import describe_kind
+
     folder = Path(folder)
-    if not folder.is_dir():
-        raise ImageError(f"not a folder: {folder}", code="invalid_input", field="images", value=str(folder))
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        mode = folder.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ImageError(f"{folder}: the path or one of its names is longer than the filesystem allows",
+                             code="path_invalid", field="images", value=str(folder)) from None
+        raise ImageError(f"not a folder: {folder} ({exc.strerror or exc})", code="invalid_input", field="images",
+                         value=str(folder)) from None
+    except ValueError as exc:  # a NUL in the path
+        raise ImageError(f"not a folder: {folder!r} ({exc})", code="invalid_input", field="images",
+                         value=repr(folder)) from None
+    if not stat.S_ISDIR(mode):
+        raise ImageError(f"not a folder: {folder} is {describe_kind(mode)}", code="invalid_input", field="images",
+                         value=str(folder))
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise ImageError(f"cannot list {folder}: {exc.strerror or exc}", code="image_unreadable", field="images",
+                         value=str(folder)) from None
+    out = []
+    for p in entries:
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            if p.is_file():
+                out.append(p)
+        except OSError:  # vanished or unreadable while listing: not an image of this folder
+            continue
+    return sorted(out)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._json import jsonable
+from ._json import bounded, jsonable, short_repr
 from .config import config_file, load_config
 from .errors import InputError, LoraRuleError
 
@@ -115,8 +115,17 @@ def load_rules(path: str | os.PathLike | None = None) -> LoraRules:
     Raises:
         ConfigError: missing file, unknown key, wrong type or inconsistent limits.
     """
+    from .errors import ConfigError
+
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"rules path must be a path, got {type(path).__name__}", field="path",
+                          value=short_repr(path))
     path = Path(path) if path is not None else config_file(RULES_FILE)
-    return _load_rules_cached(str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0)
+    try:
+        key, mtime = str(path.resolve()), (path.stat().st_mtime_ns if path.is_file() else 0)
+    except (OSError, ValueError):  # a name over the filesystem's limit, a NUL: read_yaml says what is wrong
+        return load_config(LoraRules, path)
+    return _load_rules_cached(key, mtime)
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,15 +167,15 @@ class LoraRequest:
         """
         if not isinstance(data, Mapping):
             raise InputError(f"a LoRA request must be a mapping, got {type(data).__name__}",
-                             field="request", value=repr(data))
+                             field="request", value=short_repr(data))
         short = {"steps": "training_steps", "rank": "lora_rank", "images": "num_images"}
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             name = short.get(key, key)
             if name not in names:
-                raise InputError(f"unknown LoRA request field {key!r} (allowed: {', '.join(sorted(names))})",
-                                 field=str(key), value=value)
+                raise InputError(f"unknown LoRA request field {short_repr(key)} (allowed: {', '.join(sorted(names))})",
+                                 field=key if isinstance(key, str) else short_repr(key), value=value)
             if name in kwargs:
                 raise InputError(f"LoRA request field {name!r} given twice", field=name, value=value)
             kwargs[name] = value
@@ -271,7 +280,7 @@ def check_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRule
         request = LoraRequest.from_dict(request)
     if not isinstance(request, LoraRequest):
         raise InputError(f"expected a LoraRequest or a mapping, got {type(request).__name__}",
-                         field="request", value=repr(request))
+                         field="request", value=short_repr(request))
     rules = rules or load_rules()
     violations: list[RuleViolation] = []
     defaults: dict[str, Any] = {}
@@ -283,7 +292,7 @@ def check_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRule
     elif plan not in rules.plans_allowed:
         violations.append(RuleViolation(
             "plan_not_allowed", "plan", list(rules.plans_allowed), plan,
-            f"plan {plan!r} cannot train a LoRA; upgrade to one of: {', '.join(rules.plans_allowed)}"))
+            f"plan {short_repr(plan)} cannot train a LoRA; upgrade to one of: {', '.join(rules.plans_allowed)}"))
 
     lim = rules.num_images
     n = request.num_images
@@ -315,7 +324,7 @@ def check_lora_request(request: LoraRequest | Mapping[str, Any], rules: LoraRule
         if canonical is None:
             violations.append(RuleViolation(
                 "base_model_not_allowed", "base_model", allowed_names, base,
-                f"base model {base!r} is not supported; use one of: {', '.join(allowed_names)}"))
+                f"base model {short_repr(base)} is not supported; use one of: {', '.join(allowed_names)}"))
         elif canonical != base:
             normalized["base_model"] = {"from": base, "to": canonical}
             base = canonical
@@ -364,18 +373,27 @@ def check_image_count(num_images: int, rules: LoraRules | None = None) -> tuple[
 
 # --- helpers --------------------------------------------------------------------------------------
 
+#: integers beyond int64 are no count, step or balance (and ``str()`` of a 5000-digit one raises)
+_MAX_INT = 2**63 - 1
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_INT
 
 
 def _is_number(value: Any) -> bool:
     """A finite int or float (NaN compares false with every limit, so it would pass any check)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= _MAX_INT if isinstance(value, int) else math.isfinite(value)
 
 
 def _type_violation(name: str, value: Any, expected: str, limit: Any) -> RuleViolation:
-    return RuleViolation("invalid_type", name, limit, value,
-                         f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT
+    if huge:
+        expected += " within int64"
+    return RuleViolation("invalid_type", name, limit, short_repr(value) if huge else bounded(value),
+                         f"{name} must be {expected}, got {type(value).__name__} {short_repr(value)}")
 
 
 def _int_setting(value: Any, name: str, short: str, setting: IntSetting, violations: list[RuleViolation],

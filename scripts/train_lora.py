@@ -8,8 +8,10 @@
 
 --images is a prepared dataset folder (dataset.json + manifest.jsonl) or a folder of raw photos,
 which is screened and prepared first (needs --trigger). --resume continues from the newest
-checkpoint in --output. SIGTERM writes a checkpoint and exits 130 (cancelled); rerun with --resume.
-Exit codes: 0 completed, 2 bad input / rules / config, 1 training failure, 130 cancelled.
+checkpoint in --output. SIGTERM or Ctrl-C writes a checkpoint and exits 130 (cancelled); a second
+Ctrl-C stops at once; rerun with --resume. Progress is shown for loading, encoding and caching as
+well as for the steps. Exit codes: 0 completed, 2 bad input / rules / config, 1 training failure,
+130 cancelled.
 """
 
 from __future__ import annotations
@@ -39,11 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     from persona_ml.training import JobStatus, TrainingJob
 
     bar = None
+    phase_bar = None
 
     def on_event(event) -> None:
-        nonlocal bar
+        nonlocal bar, phase_bar
         if args.quiet:
             return
+        if event.kind == "progress":
+            if phase_bar is not None and phase_bar.desc != event.phase:
+                phase_bar.close()
+                phase_bar = None
+            if event.count > 1 or event.current:
+                if phase_bar is None:
+                    phase_bar = tqdm(total=event.count, desc=event.phase, unit="item", dynamic_ncols=True, leave=False)
+                phase_bar.update(event.current - phase_bar.n)
+            else:
+                tqdm.write(f"{event.phase}: {event.message}")
+            return
+        if phase_bar is not None:
+            phase_bar.close()
+            phase_bar = None
         if event.kind == "status" and event.status is JobStatus.TRAINING and bar is None:
             bar = tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True)
         elif event.kind == "step" and bar is not None:
@@ -62,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         job = TrainingJob(args.config, args.images, args.output, trigger=args.trigger, profile=args.profile,
                           resume=args.resume, on_event=on_event, overrides=args.overrides)
         job.install_signal_handlers()
-        result = job.run()
+        try:
+            result = job.run()
+        finally:
+            job.restore_signal_handlers()
     except (ConfigError, InputError, LoraRuleError) as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         for v in getattr(exc, "violations", []):
@@ -71,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     except PersonaMLError as exc:
         print(f"training failed [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the newest checkpoint is kept; rerun with --resume", file=sys.stderr)
+        return 130
     finally:
-        if bar is not None:
-            bar.close()
+        for b in (phase_bar, bar):
+            if b is not None:
+                b.close()
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._args import ascii_int, finite_float, output_name
+
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="screen photos and write a prepared training dataset",
@@ -17,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of candidate training photos")
     p.add_argument("--profile", required=True, metavar="PROFILE",
                    help="the character's face profile (what `persona-ml profile --out` wrote)")
-    p.add_argument("--out", required=True, metavar="OUT", help="prepared dataset folder (replaced atomically)")
+    p.add_argument("--out", required=True, metavar="OUT", type=output_name, help="prepared dataset folder (replaced atomically)")
     p.add_argument("--trigger", required=True, metavar="TOKEN", help="trigger word every caption starts with")
     p.add_argument("--backend", default="dlib", choices=("dlib", "insightface"),
                    help="face backend; must be the one the profile was built with (default dlib)")
@@ -29,12 +31,12 @@ def register(sub) -> None:
                    help="screening/prepare settings (sections `screening:` and `prepare:`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. prepare.max_upscale=1.5 (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the crop jitter (default 0)")
-    p.add_argument("--max-upscale", type=float, default=None, help="most a crop may be enlarged (default 1.25)")
-    p.add_argument("--caption-dropout", type=float, default=None, help="recorded for the trainer (default 0.05)")
+    p.add_argument("--seed", type=ascii_int, default=0, help="seed of the crop jitter (default 0)")
+    p.add_argument("--max-upscale", type=finite_float, default=None, help="most a crop may be enlarged (default 1.25)")
+    p.add_argument("--caption-dropout", type=finite_float, default=None, help="recorded for the trainer (default 0.05)")
     p.add_argument("--plan", default=None, help="also check the full LoRA rules for this plan")
-    p.add_argument("--steps", type=int, default=None, help="training steps to check (with --plan)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank to check (with --plan)")
+    p.add_argument("--steps", type=ascii_int, default=None, help="training steps to check (with --plan)")
+    p.add_argument("--rank", type=ascii_int, default=None, help="LoRA rank to check (with --plan)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -52,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from ..rules import LoraRequest
 
     folder = Path(args.folder)
-    if not folder.is_dir():
+    try:
+        is_dir = folder.is_dir()
+    except OSError as exc:  # a name over the filesystem's limit
+        raise InputError(f"{folder}: {exc.strerror or exc}", code="path_invalid", field="folder",
+                         value=str(folder)) from None
+    if not is_dir:
         raise InputError(f"not a folder: {folder}", field="folder", value=str(folder))
     if args.plan is None and (args.steps is not None or args.rank is not None):
         raise InputError("--steps and --rank need --plan", field="plan", value=None)

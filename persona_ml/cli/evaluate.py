@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._args import ascii_int, finite_float, output_folder, parse_ascii_int, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="identity report of a LoRA over a fixed prompt suite",
@@ -19,19 +21,19 @@ def register(sub) -> None:
     p.add_argument("--face-backend", default="dlib", choices=("dlib", "insightface"))
     p.add_argument("--face-model-dir", default=None)
     p.add_argument("--trigger", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=28)
-    p.add_argument("--guidance", type=float, default=3.5)
-    p.add_argument("--max-sequence-length", type=int, default=512)
+    p.add_argument("--seeds", type=ascii_int, nargs="+", default=[0, 1])
+    p.add_argument("--height", type=positive_int, default=1024)
+    p.add_argument("--width", type=positive_int, default=1024)
+    p.add_argument("--steps", type=positive_int, default=28)
+    p.add_argument("--guidance", type=finite_float, default=3.5)
+    p.add_argument("--max-sequence-length", type=positive_int, default=512)
     p.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH",
                    help="a checkpoint LoRA to score (repeatable)")
     p.add_argument("--losses", default=None, help="JSON file with a list of per-step losses")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-unverified", action="store_true")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=output_folder, help="output folder")
     p.set_defaults(func=run)
 
 
@@ -43,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = []
     for item in args.checkpoint:
         step, sep, path = item.partition("=")
-        if not sep or not step.isdigit():
-            raise InputError(f"--checkpoint takes STEP=PATH, got {item!r}", field="checkpoint", value=item)
-        checkpoints.append((int(step), path))
+        number = parse_ascii_int(step)  # "²".isdigit() is True and int("²") raises
+        if not sep or number is None or number < 0 or not path:
+            raise InputError(f"--checkpoint takes STEP=PATH (STEP in ASCII digits), got {item!r}", field="checkpoint",
+                             value=item)
+        checkpoints.append((number, path))
     losses = _read_losses(args.losses) if args.losses else []
     profile = embedder = None
     if args.profile:
@@ -70,11 +74,13 @@ def _read_losses(path: str) -> list[float]:
     """The ``--losses`` JSON list; a missing, unreadable or malformed file is a coded error, not a traceback."""
     import math
 
+    from .._files import FileProblem, read_regular_file
+    from .._parse import ParseProblem, loads_json
     from ..errors import InputError
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        data = loads_json(read_regular_file(path, max_bytes=64 << 20), what=f"--losses {path}")
+    except (FileProblem, ParseProblem) as exc:
         raise InputError(f"--losses {path} is not a readable JSON file: {exc}", field="losses", value=path) from None
     if not isinstance(data, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data):

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._args import ascii_int, finite_float, output_folder, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate images of a character (LoRA or reference-image tier)",
@@ -21,21 +23,21 @@ def register(sub) -> None:
     p.add_argument("--ip-encoder", default=None, help="CLIP vision encoder folder of the IP-Adapter")
     p.add_argument("--prompt", required=True, help="prompt; {trigger} is replaced by --trigger")
     p.add_argument("--trigger", default=None, help="trigger word (default: the LoRA's metadata)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one seed per image")
-    p.add_argument("--keep", type=int, default=None, help="best-of-N: keep this many images")
-    p.add_argument("--lora-scale", type=float, default=1.0)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=28)
-    p.add_argument("--guidance", type=float, default=3.5)
-    p.add_argument("--max-sequence-length", type=int, default=512)
+    p.add_argument("--seeds", type=ascii_int, nargs="+", default=[0], help="one seed per image")
+    p.add_argument("--keep", type=positive_int, default=None, help="best-of-N: keep this many images")
+    p.add_argument("--lora-scale", type=finite_float, default=1.0)
+    p.add_argument("--height", type=positive_int, default=1024)
+    p.add_argument("--width", type=positive_int, default=1024)
+    p.add_argument("--steps", type=positive_int, default=28)
+    p.add_argument("--guidance", type=finite_float, default=3.5)
+    p.add_argument("--max-sequence-length", type=positive_int, default=512)
     p.add_argument("--profile", default=None, help="character FaceProfile (scores each image)")
     p.add_argument("--face-backend", default="dlib", choices=("dlib", "insightface"))
     p.add_argument("--face-model-dir", default=None)
     p.add_argument("--dtype", default="float32", help="float32, bf16 or fp16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-unverified", action="store_true", help="accept LoRAs without a base fingerprint")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder")
     p.set_defaults(func=run)
 
 

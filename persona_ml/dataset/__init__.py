@@ -29,6 +29,8 @@ _LAZY = {
     "PreparedItem": "persona_ml.dataset.manifest",
     "PreparedDatasetInfo": "persona_ml.dataset.manifest",
     "PreparedDataset": "persona_ml.dataset.manifest",
+    "count_training_images": "persona_ml.dataset.count",
+    "ImageCount": "persona_ml.dataset.count",
 }
 
 __all__ = sorted(_LAZY)

@@ -9,6 +9,7 @@ The folder layout is ``persona_ml.dataset.manifest``'s; everything is written in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -25,6 +26,7 @@ from .._atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 from ..errors import InputError, PersonaMLError
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, load_image
+from .borders import content_box
 from .captions import DEFAULT_FACE_TRAIT_TERMS, Captioner, CaptionItem, SidecarCaptioner, build_caption
 from .crops import CropPlan, clip_box, face_in_crop, framing_of, overlap_fraction, plan_crop
 from .manifest import MANIFEST_FORMAT_VERSION, PreparedDatasetInfo, PreparedItem, dataset_hash, write_manifest
@@ -133,12 +135,15 @@ class PrepareInput:
         face: the primary face found in that image.
         name: label for reports and the sidecar lookup (default: the path or ``<array>``).
         other_faces: boxes of other people's faces in the photo; crops avoid them.
+        content_box: the real content inside solid borders (``borders.content_box``); found
+            from the pixels when ``None``. No crop reaches outside it.
     """
 
     image: Any
     face: FaceObservation
     name: str | None = None
     other_faces: tuple[tuple[float, float, float, float], ...] = ()
+    content_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -251,8 +256,9 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
                                            f"({inp.face.image_sha256[:12]} != {img.sha256[:12]})"))
                 continue
             seen.add(img.sha256)
+            content = tuple(inp.content_box) if inp.content_box is not None else content_box(img.pixels).box
             plans, plan_issues = plan_crops(inp.face.bbox, img.size, cfg, seed=seed, key=img.sha256,
-                                            other_faces=inp.other_faces, label=label)
+                                            other_faces=inp.other_faces, label=label, content=content)
             issues.extend(plan_issues)
             for plan in plans:
                 item, png, mask_png, caption = _render(img.pixels, img.sha256, label, inp.face, plan, trigger, cfg,
@@ -287,13 +293,26 @@ def prepare_dataset(source: Any, out_dir: str | os.PathLike, *, trigger: str,
 
 
 def plan_crops(face_bbox: Sequence[float], size: tuple[int, int], cfg: PrepareConfig, *, seed: int = 0,
-               key: str = "", other_faces: Iterable[Sequence[float]] = (),
-               label: str = "") -> tuple[list[CropPlan], list[PrepareIssue]]:
+               key: str = "", other_faces: Iterable[Sequence[float]] = (), label: str = "",
+               content: Sequence[int] | None = None) -> tuple[list[CropPlan], list[PrepareIssue]]:
     """Plan the close-up and wide crops of one photo (pure: no pixels needed).
+
+    Args:
+        content: ``(x0, y0, x1, y1)`` of the real content (borders trimmed); crops stay inside
+            it. Default: the whole image.
 
     Returns:
         ``(plans, issues)``: zero, one or two ``CropPlan`` and the reasons for any left out.
     """
+    if content is not None and tuple(int(v) for v in content) != (0, 0, int(size[0]), int(size[1])):
+        cx0, cy0, cx1, cy1 = (int(v) for v in content)
+
+        def shift(b, dx, dy):
+            return (b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy)
+
+        plans, issues = plan_crops(shift(face_bbox, -cx0, -cy0), (cx1 - cx0, cy1 - cy0), cfg, seed=seed, key=key,
+                                   other_faces=[shift(o, -cx0, -cy0) for o in other_faces], label=label)
+        return [dataclasses.replace(p, box=tuple(int(v) for v in shift(p.box, cx0, cy0))) for p in plans], issues
     label = Path(label).name if label else "<image>"
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
     jitter = tuple(float(v) for v in rng.uniform(-cfg.crop_jitter, cfg.crop_jitter, size=4))
@@ -369,14 +388,15 @@ def _render(pixels: np.ndarray, sha: str, label: str, face: FaceObservation, pla
     item = PreparedItem(id=item_id, image=f"images/{item_id}.png", caption=caption, width=size[0], height=size[1],
                         source_sha256=sha, source=Path(label).name, crop=tuple(int(v) for v in plan.box),
                         kind=plan.kind, face_bbox=tuple(round(float(v), 2) for v in fbox), mask=mask_rel,
-                        image_sha256=hashlib.sha256(png).hexdigest())
+                        image_sha256=hashlib.sha256(png).hexdigest(),
+                        mask_sha256=hashlib.sha256(mask_png).hexdigest() if mask_png is not None else "")
     return item, png, mask_png, caption
 
 
 def _pose_name(face: FaceObservation) -> str | None:
-    from ..faces.quality import pose_bucket
+    from ..faces.quality import pose_of
 
-    return None if face.pose is None else pose_bucket(float(face.pose[0]))
+    return pose_of(face)
 
 
 def _template(cfg: PrepareConfig):
@@ -404,6 +424,14 @@ def check_trigger(trigger: Any) -> str:
 def check_out_dir(out: Path) -> None:
     """Refuse an output path that is a file, lies under a file, or is a non-empty folder that is
     not a prepared dataset (checked before any screening work, which would otherwise be lost)."""
+    try:
+        _check_out_dir(out)
+    except OSError as exc:  # a name over the filesystem's limit, an unreadable parent
+        raise InputError(f"output {out}: {exc.strerror or exc}", code="path_invalid", field="out_dir",
+                         value=str(out)) from None
+
+
+def _check_out_dir(out: Path) -> None:
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -35,6 +35,8 @@ class ScreenedImage:
         metrics: measured values (face size, sharpness, luma, identity cosine, hashes ...).
         warnings: ``{"code", "message"}`` entries that did not reject the photo.
         input: the original input, for preparation (not serialised).
+        content_box: ``(x0, y0, x1, y1)`` of the real content inside solid borders (``None``
+            when the photo could not be read); prepared crops stay inside it.
     """
 
     index: int
@@ -51,6 +53,7 @@ class ScreenedImage:
     metrics: dict = field(default_factory=dict)
     warnings: tuple[dict, ...] = ()
     input: Any = field(default=None, repr=False, compare=False)
+    content_box: tuple[int, int, int, int] | None = None
 
     @property
     def status(self) -> str:
@@ -62,6 +65,7 @@ class ScreenedImage:
                 "face": None if self.face is None else self.face.to_dict(),
                 "other_faces": [[round(float(v), 1) for v in b] for b in self.other_faces],
                 "framing": self.framing, "pose": self.pose, "duplicate_of": self.duplicate_of,
+                "content_box": None if self.content_box is None else list(self.content_box),
                 "metrics": jsonable(self.metrics), "warnings": list(self.warnings)}
 
 
@@ -91,7 +95,7 @@ class DatasetReport:
         warnings: report-level warnings (e.g. identity not checked).
         profile_fingerprint: the profile's id, when a profile was used.
         provenance: the embedding model's provenance dict.
-        timings: seconds per stage (decode, detect_embed, measure, decide).
+        timings: seconds per stage (decode, detect_embed, measure, second_pass, decide).
     """
 
     images: tuple[ScreenedImage, ...]
@@ -173,7 +177,8 @@ class DatasetReport:
         from .prepare import PrepareInput
 
         return [PrepareInput(image=s.input if s.input is not None else s.source, face=s.face, name=s.source,
-                             other_faces=s.other_faces) for s in self.accepted if s.face is not None]
+                             other_faces=s.other_faces, content_box=s.content_box)
+                for s in self.accepted if s.face is not None]
 
     def prepare_extra(self) -> dict[str, Any]:
         """Screening facts recorded in the prepared ``dataset.json`` (no paths, no timings)."""

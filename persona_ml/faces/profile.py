@@ -2,9 +2,11 @@
 
 A profile holds every reference embedding, their L2-normalised centroid, each reference's
 cosine to the centroid of the *other* references, and the references flagged as likely another
-person. It is saved as a pair ``NAME.safetensors`` (arrays) + ``NAME.json`` (provenance,
-thresholds, hashes, format version); each file is written atomically and the JSON records the
-safetensors file's sha256, so a mismatched or half-replaced pair is detected on load.
+person. It is saved as one file, ``NAME.safetensors``: the arrays, with the provenance,
+thresholds, reference hashes and format version as JSON in its header, written atomically, so
+two processes saving at once, a full disk or a kill leave the old profile or the new one, never
+a mix. Format 1 (a ``NAME.safetensors`` + ``NAME.json`` pair whose JSON records the tensors'
+sha256) is still read; saving over it removes the stale JSON.
 
 Example:
     >>> from persona_ml.faces import FaceEmbedder, FaceProfile
@@ -17,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -28,12 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_write_bytes, atomic_write_json
+from .._atomic import atomic_write_bytes
+from .._json import short_repr
+from .._parse import loads_json
 from ..errors import ArtifactError, InputError, PersonaMLError
 from .thresholds import FaceThresholds, thresholds_for
 from .types import FaceObservation, ModelProvenance, l2_normalize
 
-PROFILE_FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+PROFILE_FORMAT_VERSION = 2  # 1: a NAME.safetensors + NAME.json pair (still read)
 PROFILE_KIND = "persona_ml.face_profile"
 
 
@@ -52,6 +60,25 @@ def _leave_one_out_scores(embeddings: np.ndarray) -> np.ndarray:
     others = e64.sum(axis=0, keepdims=True) - e64
     norms = np.maximum(np.linalg.norm(others, axis=1), 1e-12)
     return (np.einsum("ij,ij->i", e64, others) / norms).astype(np.float32)
+
+
+def _pairwise_outliers(embeddings: np.ndarray, cut: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Outliers and undecided references of a 2- or 3-reference profile from pairwise cosines."""
+    n = embeddings.shape[0]
+    sims = embeddings.astype(np.float64) @ embeddings.astype(np.float64).T
+    match = sims >= cut
+    if n == 2:
+        return ((), ()) if match[0, 1] else ((), (0, 1))
+    pairs = [(i, j) for i in range(3) for j in range(i + 1, 3) if match[i, j]]
+    if len(pairs) == 3:
+        return (), ()
+    if len(pairs) == 1:  # two agree, the third matches neither: the intruder
+        (i, j), = pairs
+        return (({0, 1, 2} - {i, j}).pop(),), ()
+    if len(pairs) == 2:  # a chain a~b~c: b is the person, a or c may be the intruder
+        ends = tuple(sorted(k for k in range(3) if sum(k in p for p in pairs) == 1))
+        return (), ends
+    return (), (0, 1, 2)
 
 
 def _unit_row(embedding: np.ndarray) -> np.ndarray:
@@ -78,10 +105,16 @@ class FaceProfile:
         image_sha256s: the source image hash of each row.
         reference_scores: ``(N,)`` float32, each reference's cosine to the centroid of the
             others (NaN when there is a single reference).
-        outliers: indices of references flagged as likely another person: score below
-            ``thresholds.outlier_max_cosine`` (with exactly two references, where the "centroid
-            of the others" is one photo, the pairwise ``same_person_min_cosine`` is used and
-            both are flagged when they disagree: which one is the intruder cannot be told).
+        outliers: indices of references flagged as likely another person. With 4 or more
+            references: score below ``thresholds.outlier_max_cosine``. With 2 or 3, a "centroid
+            of the others" is one or two photos and an intruder drags it (two genuine references
+            and an intruder flagged genuine ones 4.4 times in 100), so the decision is pairwise
+            against ``thresholds.same_person_min_cosine``: a reference that matches none of the
+            others while the others match each other is the outlier (see ``undecided``).
+        undecided: indices of references about which the pairwise decision cannot be made (two
+            references that disagree: which one is the intruder cannot be told; three with no
+            matching pair, or a chain a~b~c with a and c apart). They are not flagged as outliers
+            and stay in the centroid; add references to decide.
         provenance: the embedding model; observations of another model are refused.
         thresholds: the thresholds the outliers were decided with.
         format_version: on-disk format version.
@@ -97,6 +130,7 @@ class FaceProfile:
     thresholds: FaceThresholds
     format_version: int = PROFILE_FORMAT_VERSION
     created_by: str = ""
+    undecided: tuple[int, ...] = ()
 
     # construction ------------------------------------------------------------------------
 
@@ -150,8 +184,13 @@ class FaceProfile:
         embeddings = np.array(embeddings, dtype=np.float32)  # private copy; rows are unit already
         scores = _leave_one_out_scores(embeddings)
         n = embeddings.shape[0]
-        cut = thresholds.same_person_min_cosine if n == 2 else thresholds.outlier_max_cosine
-        outliers = tuple(int(i) for i in np.flatnonzero(scores < cut)) if n >= 2 else ()
+        undecided: tuple[int, ...] = ()
+        if n in (2, 3):
+            outliers, undecided = _pairwise_outliers(embeddings, thresholds.same_person_min_cosine)
+        elif n >= 4:
+            outliers = tuple(int(i) for i in np.flatnonzero(scores < thresholds.outlier_max_cosine))
+        else:
+            outliers = ()
         keep = [i for i in range(n) if i not in outliers] or list(range(n))
         centroid = l2_normalize(embeddings[keep].astype(np.float64).mean(axis=0))
         embeddings.setflags(write=False)
@@ -159,7 +198,7 @@ class FaceProfile:
         centroid.setflags(write=False)
         return cls(centroid=centroid, embeddings=embeddings, image_sha256s=tuple(hashes),
                    reference_scores=scores, outliers=outliers, provenance=provenance, thresholds=thresholds,
-                   created_by=created_by or _created_by())
+                   created_by=created_by or _created_by(), undecided=undecided)
 
     def add(self, observation: FaceObservation) -> FaceProfile:
         """A new profile with one more reference; identical to rebuilding from all references.
@@ -179,6 +218,13 @@ class FaceProfile:
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
+
+    @property
+    def outlier_rule(self) -> str:
+        """How the outliers were decided: ``"none"`` (one reference), ``"pairwise"`` (2-3) or
+        ``"leave_one_out"`` (4+)."""
+        n = len(self)
+        return "none" if n < 2 else "pairwise" if n <= 3 else "leave_one_out"
 
     @property
     def outlier_sha256s(self) -> tuple[str, ...]:
@@ -219,11 +265,12 @@ class FaceProfile:
         for i, h in enumerate(self.image_sha256s):
             s = float(self.reference_scores[i])
             refs.append({"index": i, "image_sha256": h, "score": None if math.isnan(s) else round(s, 4),
-                         "outlier": i in self.outliers})
+                         "outlier": i in self.outliers, "undecided": i in self.undecided})
         return {
             "kind": PROFILE_KIND, "format_version": self.format_version, "created_by": self.created_by,
             "fingerprint": self.fingerprint, "n_references": len(self), "references": refs,
             "outliers": list(self.outliers), "outlier_sha256s": list(self.outlier_sha256s),
+            "undecided": list(self.undecided), "outlier_rule": self.outlier_rule,
             "near_duplicates": [[a, b, round(c, 4)] for a, b, c in self.near_duplicates()],
             "provenance": self.provenance.to_dict(), "thresholds": self.thresholds.to_dict(),
         }
@@ -231,79 +278,113 @@ class FaceProfile:
     # persistence -------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``PATH.safetensors`` and ``PATH.json`` (a ``.json``/``.safetensors`` suffix on
-        ``path`` is dropped). Each file is written atomically.
+        """Write the profile as one file, ``PATH.safetensors`` (a ``.json``/``.safetensors``
+        suffix on ``path`` is dropped), atomically.
+
+        The arrays and the provenance/thresholds/hashes (JSON in the safetensors header) are one
+        unit: concurrent savers, a full disk or a kill at any instant leave either the previous
+        profile or this one, and a reader racing a writer reads one of the two. A ``PATH.json``
+        of the format-1 pair is removed once the new file is in place.
 
         Returns:
             The base path (without suffix).
+
+        Raises:
+            StorageError: ``storage_full`` / ``write_failed`` naming the file (the old profile is intact).
+            InputError: ``path_invalid`` for an empty, ``.`` or ``/`` path.
         """
         from safetensors.numpy import save as st_save
 
-        base = _base_path(path)
+        from .._atomic import check_output_path
+
+        base = _base_path(check_output_path(path))
+        st_path = base.with_name(base.name + ".safetensors")
         tensors = {"centroid": np.ascontiguousarray(self.centroid, dtype=np.float32),
                    "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
                    "reference_scores": np.ascontiguousarray(self.reference_scores, dtype=np.float32)}
-        blob = st_save(tensors, metadata={"kind": PROFILE_KIND, "format_version": str(self.format_version)})
         meta = {
-            "kind": PROFILE_KIND, "format_version": self.format_version, "created_by": self.created_by,
+            "kind": PROFILE_KIND, "format_version": PROFILE_FORMAT_VERSION, "created_by": self.created_by,
             "fingerprint": self.fingerprint, "image_sha256s": list(self.image_sha256s),
             "outliers": list(self.outliers), "provenance": self.provenance.to_dict(),
-            "thresholds": self.thresholds.to_dict(), "tensors_file": base.name + ".safetensors",
-            "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+            "thresholds": self.thresholds.to_dict(), "arrays_sha256": _arrays_sha256(tensors),
         }
-        atomic_write_bytes(base.with_name(base.name + ".safetensors"), blob)
-        atomic_write_json(base.with_name(base.name + ".json"), meta)
+        blob = st_save(tensors, metadata={"kind": PROFILE_KIND, "format_version": str(PROFILE_FORMAT_VERSION),
+                                          _PROFILE_META_KEY: json.dumps(meta, sort_keys=True)})
+        atomic_write_bytes(st_path, blob)
+        legacy = base.with_name(base.name + ".json")
+        if legacy.is_file() and _is_legacy_pair_json(legacy):
+            with contextlib.suppress(OSError):  # a stale half of the old pair; the profile is already saved
+                legacy.unlink()
         return base
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FaceProfile:
-        """Load a profile saved by ``save`` (``PATH``, ``PATH.json`` or ``PATH.safetensors``).
+        """Load a profile saved by ``save`` (``PATH``, ``PATH.json`` or ``PATH.safetensors``);
+        format-1 pairs (``PATH.safetensors`` + ``PATH.json``) are read too.
+
+        Every number is checked: a format version, dimension or threshold out of range, a
+        NaN, a 5000-digit integer or a header nested 10,000 deep is ``profile_corrupt``, never
+        a traceback or a wrong profile.
 
         Raises:
             ArtifactError: ``profile_not_found``, ``profile_format_unknown`` (another kind or a
-                newer format version) or ``profile_corrupt`` (unreadable, mismatched pair, bad shapes).
+                newer format version) or ``profile_corrupt`` (unreadable, mismatched pair, bad
+                shapes or values); ``path_invalid`` when the path is a folder, FIFO or device, or
+                over the filesystem's name limit.
         """
-        from safetensors.numpy import load as st_load
+        from .._files import FileProblem, read_regular_file
+        from .._parse import ParseProblem, parse_safetensors_header, safetensors_header_length
 
-        base = _base_path(path)
+        try:
+            base = _base_path(path)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"not a profile path: {exc}", code="profile_not_found", field="path",
+                                value=repr(path)) from None
         json_path = base.with_name(base.name + ".json")
         st_path = base.with_name(base.name + ".safetensors")
-        missing = [str(p) for p in (json_path, st_path) if not p.is_file()]
-        if missing:
-            raise ArtifactError(f"face profile not found: missing {', '.join(missing)}", code="profile_not_found",
-                                field="path", value=str(base), searched=[str(json_path), str(st_path)])
         try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{json_path}: not valid JSON: {exc}", code="profile_corrupt",
-                                field="path", value=str(json_path)) from exc
-        if not isinstance(meta, dict) or meta.get("kind") != PROFILE_KIND:
-            raise ArtifactError(f"{json_path}: not a persona_ml face profile (kind "
-                                f"{meta.get('kind') if isinstance(meta, dict) else None!r})",
-                                code="profile_format_unknown", field="kind", value=str(json_path))
-        version = meta.get("format_version")
-        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= PROFILE_FORMAT_VERSION:
-            raise ArtifactError(f"{json_path}: face profile format_version {version!r} is not supported "
-                                f"(this persona_ml reads 1..{PROFILE_FORMAT_VERSION}); upgrade persona_ml",
-                                code="profile_format_unknown", field="format_version", value=version)
-        blob = st_path.read_bytes()
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest != meta.get("tensors_sha256"):
-            raise ArtifactError(f"{st_path} does not belong to {json_path} (sha256 {digest[:12]}... != "
-                                f"{str(meta.get('tensors_sha256'))[:12]}...): the pair is mismatched or damaged",
-                                code="profile_corrupt", field="tensors_sha256", value=digest)
+            blob = read_regular_file(st_path, max_bytes=MAX_PROFILE_BYTES)
+        except FileProblem as exc:
+            _raise_file_problem(exc, base, st_path, json_path)
+        try:
+            n = safetensors_header_length(blob[:8], len(blob), st_path.name)
+            _tensors_header, st_meta = parse_safetensors_header(blob[8:8 + n], len(blob), st_path.name)
+        except ParseProblem as exc:
+            raise ArtifactError(f"{st_path}: {exc.message}", code="profile_corrupt", field="path",
+                                value=str(st_path), reason=exc.reason) from None
+        if _PROFILE_META_KEY in st_meta:
+            try:
+                meta = loads_json(st_meta[_PROFILE_META_KEY], what=f"{st_path.name} profile metadata")
+            except ParseProblem as exc:
+                raise ArtifactError(f"{st_path}: {exc.message}", code="profile_corrupt", field="path",
+                                    value=str(st_path), reason=exc.reason) from None
+            _check_kind_and_version(meta, st_path, (2, PROFILE_FORMAT_VERSION))
+        else:
+            meta = _read_legacy_meta(json_path, st_path, blob)
+        return cls._from_saved(meta, blob, base, st_path)
+
+    @classmethod
+    def _from_saved(cls, meta: dict, blob: bytes, base: Path, st_path: Path) -> FaceProfile:
+        from safetensors.numpy import load as st_load
+
         try:
             try:
                 tensors = st_load(blob)
-            except Exception as exc:
-                raise ValueError(f"{st_path.name} is not a readable safetensors file: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types on damaged data)
+                raise ValueError(f"{st_path.name} is not a readable safetensors file: {exc}") from None
+            _check_meta_types(meta)
             provenance = ModelProvenance.from_dict(meta["provenance"])
             thresholds = FaceThresholds.from_dict(meta["thresholds"])
-            hashes = [str(h) for h in meta["image_sha256s"]]
-            embeddings = np.asarray(tensors["embeddings"], dtype=np.float32)
-        except (KeyError, TypeError, ValueError, PersonaMLError) as exc:
+            hashes = list(meta["image_sha256s"])
+            embeddings = tensors.get("embeddings")
+            if embeddings is None or embeddings.dtype != np.float32:
+                raise ValueError("the embeddings tensor is missing or not float32")
+            recorded = meta.get("arrays_sha256")
+            if recorded is not None and recorded != _arrays_sha256(tensors):  # format 1 relies on tensors_sha256
+                raise ValueError("its arrays do not match the sha256 recorded when it was saved (damaged file)")
+        except (KeyError, TypeError, ValueError, OverflowError, PersonaMLError) as exc:
             raise ArtifactError(f"{base}: face profile is malformed: {exc}", code="profile_corrupt",
-                                field="path", value=str(base)) from exc
+                                field="path", value=str(base)) from None
         if embeddings.ndim != 2 or embeddings.shape != (len(hashes), provenance.dim):
             raise ArtifactError(f"{st_path}: embeddings have shape {embeddings.shape}, expected "
                                 f"({len(hashes)}, {provenance.dim})", code="profile_corrupt",
@@ -312,8 +393,128 @@ class FaceProfile:
         if not np.isfinite(embeddings).all() or np.any(np.abs(norms - 1.0) > 1e-3):
             raise ArtifactError(f"{st_path}: embeddings are not unit vectors (norms {np.round(norms, 4).tolist()})",
                                 code="profile_corrupt", field="embeddings", value="not normalised")
-        profile = cls._from_arrays(embeddings, hashes, provenance, thresholds, created_by=str(meta.get("created_by", "")))
-        if list(profile.outliers) != list(meta.get("outliers", [])) or profile.fingerprint != meta.get("fingerprint"):
+        try:
+            profile = cls._from_arrays(embeddings, hashes, provenance, thresholds, created_by=str(meta["created_by"]))
+        except InputError as exc:  # duplicate references, an empty profile: not something save() writes
+            raise ArtifactError(f"{base}: face profile is malformed: {exc.message}", code="profile_corrupt",
+                                field="path", value=str(base)) from None
+        if profile.fingerprint != meta["fingerprint"]:
             raise ArtifactError(f"{base}: stored outliers/fingerprint do not match the embeddings",
                                 code="profile_corrupt", field="fingerprint", value=meta.get("fingerprint"))
+        if list(profile.outliers) != list(meta.get("outliers", [])):
+            # the arrays are intact (fingerprint): the outliers are derived, and the rule that
+            # decides them may have changed since the profile was saved (2-3 references: pairwise)
+            logger.info("%s: outliers %s recomputed as %s by this persona_ml's rule", base, meta.get("outliers"),
+                        list(profile.outliers))
         return profile
+
+
+#: header key of the profile's JSON metadata (format 2)
+_PROFILE_META_KEY = "persona_ml.face_profile"
+#: a profile file larger than this is refused unread (10,000 references of dim 512 are 20 MB)
+MAX_PROFILE_BYTES = 256 * 1024 * 1024
+
+
+def _arrays_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(json.dumps([name, arr.dtype.str, list(arr.shape)]).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _raise_file_problem(exc, base: Path, st_path: Path, json_path: Path):
+    if exc.reason == "not_found":
+        searched = [str(st_path), str(json_path)]
+        if json_path.is_file() and _is_legacy_pair_json(json_path):
+            raise ArtifactError(f"{st_path} is missing: the profile pair is incomplete", code="profile_corrupt",
+                                field="path", value=str(base), searched=searched) from None
+        raise ArtifactError(f"face profile not found: {exc.message}", code="profile_not_found", field="path",
+                            value=str(base), searched=searched) from None
+    if exc.reason in ("not_a_file", "name_too_long"):
+        raise ArtifactError(exc.message, code="path_invalid", field="path", value=str(base), **exc.details()) from None
+    raise ArtifactError(f"face profile cannot be read: {exc.message}", code="profile_corrupt", field="path",
+                        value=str(base), **exc.details()) from None
+
+
+def _is_legacy_pair_json(json_path: Path) -> bool:
+    """Whether ``json_path`` is the JSON half of a format-1 profile pair."""
+    from .._files import FileProblem, read_regular_file
+    from .._parse import ParseProblem
+
+    try:
+        meta = loads_json(read_regular_file(json_path, max_bytes=MAX_PROFILE_BYTES), what=json_path.name)
+    except (FileProblem, ParseProblem):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == PROFILE_KIND and "tensors_sha256" in meta
+
+
+def _check_kind_and_version(meta: Any, where: Path, versions: tuple[int, int]) -> None:
+    if not isinstance(meta, dict) or meta.get("kind") != PROFILE_KIND:
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise ArtifactError(f"{where}: not a persona_ml face profile (kind {short_repr(kind)})",
+                            code="profile_format_unknown", field="kind", value=str(where))
+    version = meta.get("format_version")
+    lo, hi = versions
+    if isinstance(version, bool) or not isinstance(version, int) or not lo <= version <= hi:
+        raise ArtifactError(f"{where}: face profile format_version {short_repr(version)} is not supported here "
+                            f"(this persona_ml reads 1..{PROFILE_FORMAT_VERSION}); upgrade persona_ml",
+                            code="profile_format_unknown", field="format_version", value=version)
+
+
+def _read_legacy_meta(json_path: Path, st_path: Path, blob: bytes) -> dict:
+    """The JSON half of a format-1 pair, checked against the tensors file's sha256."""
+    from .._files import FileProblem, read_regular_file
+    from .._parse import ParseProblem
+
+    try:
+        meta = loads_json(read_regular_file(json_path, max_bytes=MAX_PROFILE_BYTES), what=json_path.name)
+    except FileProblem as exc:
+        code = "profile_corrupt" if exc.reason in ("not_found", "unreadable", "too_large") else "path_invalid"
+        raise ArtifactError(f"{st_path} has no profile metadata and its {json_path.name} cannot be read: "
+                            f"{exc.message}", code=code, field="path", value=str(json_path)) from None
+    except ParseProblem as exc:
+        raise ArtifactError(f"{json_path}: not valid JSON: {exc.message}", code="profile_corrupt",
+                            field="path", value=str(json_path), reason=exc.reason) from None
+    _check_kind_and_version(meta, json_path, (1, 1))
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta.get("tensors_sha256"):
+        raise ArtifactError(f"{st_path} does not belong to {json_path} (sha256 {digest[:12]}... != "
+                            f"{str(meta.get('tensors_sha256'))[:12]}...): the pair is mismatched or damaged",
+                            code="profile_corrupt", field="tensors_sha256", value=digest)
+    return meta
+
+
+def _check_meta_types(meta: dict) -> None:
+    """Raise ``ValueError``/``KeyError`` for a metadata field of the wrong JSON type or range
+    (``ModelProvenance.from_dict`` would otherwise coerce a list to a string)."""
+    for key in ("provenance", "thresholds", "image_sha256s", "outliers", "fingerprint", "created_by"):
+        if key not in meta:
+            raise KeyError(key)
+    prov = meta["provenance"]
+    if not isinstance(prov, dict):
+        raise ValueError("provenance must be an object")
+    for key in ("backend", "model_name", "license"):
+        if not isinstance(prov.get(key), str):
+            raise ValueError(f"provenance.{key} must be a string")
+    files = prov.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError("provenance.files must map file names to sha256 strings")
+    dim = prov.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
+        raise ValueError(f"provenance.dim must be an integer in 1..65536, got {short_repr(dim)}")
+    if prov.get("commercial_use") not in (None, True, False):
+        raise ValueError("provenance.commercial_use must be true, false or null")
+    if not isinstance(meta["thresholds"], dict):
+        raise ValueError("thresholds must be an object")
+    hashes = meta["image_sha256s"]
+    if not isinstance(hashes, list) or not all(isinstance(h, str) and 0 < len(h) <= 256 for h in hashes):
+        raise ValueError("image_sha256s must be a list of image hash strings")
+    outliers = meta["outliers"]
+    if not isinstance(outliers, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(hashes) for i in outliers):
+        raise ValueError(f"outliers must be indices into the {len(hashes)} references")
+    if not isinstance(meta["fingerprint"], str) or not isinstance(meta["created_by"], str):
+        raise ValueError("fingerprint and created_by must be strings")

@@ -89,11 +89,31 @@ def pose_from_landmarks(landmarks: np.ndarray) -> tuple[float, float, float]:
     return (float(yaw), float(pitch), float(roll))
 
 
-def pose_bucket(yaw: float) -> str:
-    """``frontal`` (|yaw| < 20), ``three_quarter`` (< 50) or ``profile``."""
-    a = abs(yaw)
-    if a < 20:
-        return "frontal"
-    if a < 50:
-        return "three_quarter"
-    return "profile"
+def pose_bucket(yaw: float | None, *, view: str | None = None, detector: str | None = None) -> str | None:
+    """``frontal`` (|yaw| < 20), ``three_quarter`` (< 50) or ``profile``, from the landmark yaw
+    and, where given, what the detector saw.
+
+    Limits of the estimate: yaw comes from where the nose sits between the eyes
+    (``pose_from_landmarks``); past about 50 degrees the far eye is hidden and landmark models
+    (dlib's 5 points among them) place it on the visible side, so yaw reads too low. The detector
+    corrects that floor: a face dlib's HOG found only with its left- or right-looking filter
+    (``view``), or that only the CNN found (``detector="cnn"``: HOG, which covers about +-45
+    degrees, saw nothing there) is at least ``three_quarter``. A CNN-only face can also be a
+    frontal face HOG missed for another reason (blur, occlusion, a sideways roll): it is then
+    counted as turned. Pitch is not bucketed. ``None`` when nothing is known.
+    """
+    if yaw is None and view is None and detector is None:
+        return None
+    a = abs(float(yaw)) if yaw is not None else 0.0
+    bucket = "frontal" if a < 20 else "three_quarter" if a < 50 else "profile"
+    turned = view in ("left", "right") or detector == "cnn"
+    if turned and bucket == "frontal":
+        bucket = "three_quarter"
+    return bucket
+
+
+def pose_of(face) -> str | None:
+    """``pose_bucket`` of a ``FaceObservation``: its landmark yaw and what its detector saw."""
+    extra = getattr(face, "extra", None) or {}
+    yaw = None if face.pose is None else float(face.pose[0])
+    return pose_bucket(yaw, view=extra.get("hog_view"), detector=extra.get("detector"))

@@ -48,6 +48,8 @@ __all__ = [
     "lora_from_state_dict",
     "to_diffusers_state_dict",
     "to_kohya_state_dict",
+    "kohya_layout",
+    "KohyaLayout",
     "kohya_to_module_loras",
 ]
 
@@ -316,31 +318,33 @@ def lora_from_state_dict(state_dict: Mapping[str, torch.Tensor], alpha: float) -
 
 
 def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, torch.Tensor], dict]:
-    """PEFT/diffusers keys plus the ``LoraConfig`` kwargs that make diffusers apply each scale.
+    """PEFT/diffusers keys with each module's scale folded into ``lora_B``, and the matching ``LoraConfig``.
+
+    Loaders that ignore the header (ComfyUI applies a ``transformer.<module>.lora_A/B`` pair at
+    scale 1 when no ``.alpha`` tensor is present, ``comfy/lora.py``) and loaders that read it
+    (diffusers 0.42 rebuilds the ``LoraConfig`` from ``lora_adapter_metadata``) must apply the
+    same weight change, so ``scale`` is folded into ``lora_B`` (in float32, then cast back) and the
+    config says ``lora_alpha == r`` for every module: ``scale * B @ A == (scale * B) @ A * r / r``.
 
     Returns:
         ``(state_dict, lora_config_kwargs)``: keys ``transformer.<module>.lora_A.weight`` /
-        ``lora_B.weight`` (weights as trained) and the kwargs diffusers 0.42 reads from the
-        ``lora_adapter_metadata`` header entry (``r``, ``lora_alpha``, ``rank_pattern``,
-        ``alpha_pattern``...), expressed without rsLoRA so ``scaling = lora_alpha / r`` holds.
+        ``lora_B.weight`` and the kwargs of ``lora_adapter_metadata`` (``r``, ``lora_alpha``,
+        ``rank_pattern``, ``alpha_pattern``...), without rsLoRA, so ``scaling = lora_alpha / r = 1``.
     """
     sd: dict[str, torch.Tensor] = {}
     for module, lora in sorted(loras.items()):
         sd[f"transformer.{module}.lora_A.weight"] = lora.A.contiguous()
-        sd[f"transformer.{module}.lora_B.weight"] = lora.B.contiguous()
+        sd[f"transformer.{module}.lora_B.weight"] = _scaled(lora.B, lora.scale)
     ranks = {m: lo.rank for m, lo in loras.items()}
-    alphas = {m: lo.scale * lo.rank for m, lo in loras.items()}
     r = max(set(ranks.values()), key=lambda v: (list(ranks.values()).count(v), v))
-    alpha = max(set(alphas.values()), key=lambda v: (list(alphas.values()).count(v), v))
     # PEFT matches pattern keys as regexes (``(.*\.)?(key)$``); escape the dots.
     rank_pattern = {re.escape(m): v for m, v in sorted(ranks.items()) if v != r}
-    alpha_pattern = {re.escape(m): v for m, v in sorted(alphas.items()) if v != alpha}
     config = {
         "r": r,
-        "lora_alpha": alpha,
+        "lora_alpha": float(r),
         "target_modules": sorted(loras),
         "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
+        "alpha_pattern": {k: float(v) for k, v in rank_pattern.items()},
         "lora_dropout": 0.0,
         "bias": "none",
         "use_rslora": False,
@@ -350,20 +354,65 @@ def to_diffusers_state_dict(loras: Mapping[str, ModuleLora]) -> tuple[dict[str, 
     return sd, config
 
 
+def _scaled(t: torch.Tensor, factor: float) -> torch.Tensor:
+    """``t * factor`` computed in float32 and stored in ``t``'s dtype (``t`` itself when factor is 1)."""
+    if factor == 1.0:
+        return t.contiguous()
+    return (t.float() * factor).to(t.dtype).contiguous()
+
+
+@dataclass(frozen=True)
+class KohyaLayout:
+    """What ``to_kohya_state_dict`` wrote, for the file's kohya header.
+
+    Attributes:
+        network_dim: the base rank (the most common per-part rank): ``ss_network_dim``.
+        network_alpha: the one alpha every module carries: ``ss_network_alpha``.
+        dims: kohya module name -> its real rank (``lora_down`` rows; 3x / 4x the part rank for
+            the fused qkv / linear1 modules).
+        reg_dims: ``network_reg_dims`` entries (regex -> rank) for modules whose rank is not
+            ``network_dim``; the value of kohya's ``--network_args network_reg_dims=...``.
+    """
+
+    network_dim: int
+    network_alpha: float
+    dims: dict[str, int]
+    reg_dims: dict[str, int]
+
+    def network_reg_dims(self) -> str:
+        """kohya's ``network_reg_dims`` argument: ``"regex=dim,regex=dim"`` (empty when all ranks agree)."""
+        return ",".join(f"{k}={v}" for k, v in self.reg_dims.items())
+
+
 def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4.0) -> dict[str, torch.Tensor]:
-    """kohya/ComfyUI keys in the BFL layout, with ``.alpha`` so ``alpha / rank`` is each scale.
+    """kohya/ComfyUI keys in the BFL layout (see ``kohya_layout`` for the header it implies)."""
+    return kohya_layout(loras, mlp_ratio=mlp_ratio)[0]
+
+
+def kohya_layout(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4.0
+                 ) -> tuple[dict[str, torch.Tensor], KohyaLayout]:
+    """kohya/ComfyUI keys in the BFL layout with one ``.alpha`` for every module.
 
     Fused modules (qkv, single-block linear1) get the parts' A matrices stacked and their B
-    matrices block-diagonal; missing parts are zero blocks of the same rank (the single block's
-    ``proj_mlp`` has ``mlp_ratio`` x the hidden width). Fused parts whose scales differ have
-    their scales folded into B and ``alpha = rank``.
+    matrices block-diagonal (kohya's ``split_qkv`` layout, ``networks/lora_flux.py``); missing
+    parts are zero blocks of the same rank (the single block's ``proj_mlp`` has ``mlp_ratio`` x
+    the hidden width).
+
+    Every module carries the same ``.alpha`` (``network_alpha`` = base rank x base scale). The
+    loaders divide it by the module's own rank (``lora_down`` rows): ComfyUI
+    (``comfy/lora.py``: ``alpha / mat2.shape[0]``), kohya's ``create_network_from_weights`` and
+    diffusers' converter. Whatever a module's rank or its parts' scales, the factor that makes
+    ``alpha / rank * up @ down`` equal the trained change is folded into its ``lora_up``, so
+    unfused modules keep their weights as trained and fused ones get their parts' count folded
+    in. One alpha is also what kohya's resume path needs: ``create_network`` gives every module
+    ``network_alpha`` and the rank from ``network_dim`` or ``network_reg_dims``.
 
     Args:
         loras: ``{diffusers module path: ModuleLora}``.
         mlp_ratio: FLUX's single-block MLP ratio (4.0), to size a missing ``proj_mlp`` part.
 
     Returns:
-        ``{"lora_unet_...lora_down.weight" | ".lora_up.weight" | ".alpha": tensor}``.
+        ``({"lora_unet_...lora_down.weight" | ".lora_up.weight" | ".alpha": tensor}, KohyaLayout)``.
 
     Raises:
         ArtifactError: a module has no kohya equivalent (``lora_module_unmappable``).
@@ -376,45 +425,73 @@ def to_kohya_state_dict(loras: Mapping[str, ModuleLora], *, mlp_ratio: float = 4
         name, part, parts = kohya_name(module)
         groups.setdefault(name, {})[part] = (module, lora)
         n_parts[name] = parts
+    pairs = [(lo.rank, lo.scale) for lo in loras.values()]
+    base_rank, base_scale = max(set(pairs), key=lambda v: (pairs.count(v), v))
+    alpha = float(base_rank) * base_scale
 
     out: dict[str, torch.Tensor] = {}
+    dims: dict[str, int] = {}
     for name, members in sorted(groups.items()):
         parts = n_parts[name]
         loras_in = [lo for _, lo in members.values()]
         dtype = loras_in[0].A.dtype
-        rank = max(lo.rank for lo in loras_in)
-        scales = {lo.scale for lo in loras_in}
-        bake = len(scales) > 1
-        common = 1.0 if bake else scales.pop()
         in_features = loras_in[0].A.shape[1]
         if parts == 1:
             lora = loras_in[0]
-            down, up = lora.A, lora.B
-            out[f"{name}.lora_down.weight"] = down.contiguous()
-            out[f"{name}.lora_up.weight"] = up.contiguous().to(dtype)
-            out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]) * common, dtype=torch.float32)
+            dim = lora.rank
+            out[f"{name}.lora_down.weight"] = lora.A.contiguous()
+            out[f"{name}.lora_up.weight"] = _scaled(lora.B, lora.scale * dim / alpha)
+        else:
+            rank = max(lo.rank for lo in loras_in)
+            dim = parts * rank
+            attn = [lo for m, lo in members.values() if not m.endswith("proj_mlp")]
+            hidden = attn[0].B.shape[0] if attn else int(round(loras_in[0].B.shape[0] / mlp_ratio))
+            out_dims = []
+            for p in range(parts):
+                if p in members:
+                    out_dims.append(members[p][1].B.shape[0])
+                else:
+                    out_dims.append(int(hidden * mlp_ratio) if (parts == 4 and p == 3) else hidden)
+            down = torch.zeros(dim, in_features, dtype=dtype)
+            up = torch.zeros(sum(out_dims), dim, dtype=dtype)
+            row = 0
+            for p in range(parts):
+                if p in members:
+                    lo = members[p][1]
+                    down[p * rank:p * rank + lo.rank] = lo.A
+                    up[row:row + out_dims[p], p * rank:p * rank + lo.rank] = _scaled(lo.B, lo.scale * dim / alpha)
+                row += out_dims[p]
+            out[f"{name}.lora_down.weight"] = down
+            out[f"{name}.lora_up.weight"] = up
+        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+        dims[name] = dim
+    return out, KohyaLayout(network_dim=base_rank, network_alpha=alpha, dims=dims, reg_dims=_reg_dims(dims, base_rank))
+
+
+def _reg_dims(dims: Mapping[str, int], base: int) -> dict[str, int]:
+    """``network_reg_dims`` regexes for the modules whose rank is not ``base``.
+
+    kohya matches each with ``re.search`` against the module name and takes the first hit; a
+    module kind whose every instance has one rank gets one pattern (``_img_attn_qkv$``), others
+    are named one by one.
+    """
+    kinds: dict[str, set[int]] = {}
+    for name, dim in dims.items():
+        kinds.setdefault(_KOHYA_KIND.sub("", name), set()).add(dim)
+    out: dict[str, int] = {}
+    for name, dim in sorted(dims.items()):
+        if dim == base:
             continue
-        attn = [lo for m, lo in members.values() if not m.endswith("proj_mlp")]
-        hidden = attn[0].B.shape[0] if attn else int(round(loras_in[0].B.shape[0] / mlp_ratio))
-        out_dims = []
-        for p in range(parts):
-            if p in members:
-                out_dims.append(members[p][1].B.shape[0])
-            else:
-                out_dims.append(int(hidden * mlp_ratio) if (parts == 4 and p == 3) else hidden)
-        down = torch.zeros(parts * rank, in_features, dtype=dtype)
-        up = torch.zeros(sum(out_dims), parts * rank, dtype=dtype)
-        row = 0
-        for p in range(parts):
-            if p in members:
-                lo = members[p][1]
-                down[p * rank:p * rank + lo.rank] = lo.A
-                up[row:row + out_dims[p], p * rank:p * rank + lo.rank] = (lo.B * lo.scale if bake else lo.B).to(dtype)
-            row += out_dims[p]
-        out[f"{name}.lora_down.weight"] = down
-        out[f"{name}.lora_up.weight"] = up
-        out[f"{name}.alpha"] = torch.tensor(float(parts * rank) * common, dtype=torch.float32)
+        kind = _KOHYA_KIND.sub("", name)
+        block = "double" if "_double_blocks_" in name else "single"
+        if len(kinds[kind]) == 1:
+            out[f"{block}_blocks_\\d+_{kind}$"] = dim
+        else:
+            out[f"^{name}$"] = dim
     return out
+
+
+_KOHYA_KIND = re.compile(r"^lora_unet_(double|single)_blocks_\d+_")
 
 
 def kohya_to_module_loras(state_dict: Mapping[str, torch.Tensor]) -> dict[str, ModuleLora]:

@@ -29,7 +29,6 @@ file with diffusers, and any two canonical LoRAs can be hot-swapped into one ada
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -111,36 +110,136 @@ def linear_modules(transformer: Any) -> dict[str, tuple[int, int]]:
     return out
 
 
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str]]:
+    """``({tensor name: {"dtype", "shape", "data_offsets"}}, metadata)`` of a safetensors file,
+    reading only its header, parsed within the bounds of ``persona_ml._parse`` (a header nested
+    10,000 deep or holding a 5000-digit number is refused, not a ``RecursionError``).
+
+    Raises:
+        LoraValidationError: ``lora_file_invalid`` when the file is missing, empty, not
+            safetensors or its header is malformed; ``path_invalid`` for a folder, FIFO or
+            device named as the file, or a name over the filesystem's limit.
+    """
+    from .._files import FileProblem, check_regular_file
+    from .._parse import ParseProblem, parse_safetensors_header, safetensors_header_length
+
+    path = Path(path)
+    try:
+        size = check_regular_file(path).st_size
+        with open(path, "rb") as fh:
+            n = safetensors_header_length(fh.read(8), size, path.name)
+            raw = fh.read(n)
+    except FileProblem as exc:
+        if exc.reason in ("not_a_file", "name_too_long"):
+            raise LoraValidationError(exc.message, code="path_invalid", field="path", value=str(path),
+                                      **exc.details()) from None
+        message = f"LoRA file not found: {path}" if exc.reason == "not_found" else f"LoRA file {exc.message}"
+        raise LoraValidationError(message, code="lora_file_invalid", field="path", value=str(path),
+                                  **exc.details()) from None
+    except ParseProblem as exc:
+        raise LoraValidationError(exc.message, code="lora_file_invalid", field="path", value=str(path),
+                                  reason="not_safetensors") from None
+    except OSError as exc:
+        raise LoraValidationError(f"{path.name} cannot be read: {exc.strerror or exc}", code="lora_file_invalid",
+                                  field="path", value=str(path), reason="unreadable") from None
+    try:
+        return parse_safetensors_header(raw, size, path.name)
+    except ParseProblem as exc:
+        raise LoraValidationError(exc.message, code="lora_file_invalid", field="path", value=str(path),
+                                  reason="bad_header") from None
+
+
 def read_safetensors_metadata(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
     """Keys and header metadata of a safetensors file, reading only its header.
 
     Raises:
-        LoraValidationError: ``lora_file_invalid`` when the file is missing, empty or not safetensors.
+        LoraValidationError: see ``read_safetensors_header``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LoraValidationError(f"LoRA file not found: {path}", code="lora_file_invalid", field="path",
-                                  value=str(path), reason="not_found")
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n <= 1 or n > min(_MAX_HEADER_BYTES, size - 8):
-            raise LoraValidationError(f"{path.name} is not a safetensors file (header length {n}, file {size} bytes)",
-                                      code="lora_file_invalid", field="path", value=str(path), reason="not_safetensors")
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError as exc:
-            raise LoraValidationError(f"{path.name}: the safetensors header is not JSON ({exc})",
-                                      code="lora_file_invalid", field="path", value=str(path),
-                                      reason="bad_header") from None
-    if not isinstance(header, dict):
-        raise LoraValidationError(f"{path.name}: the safetensors header is not an object", code="lora_file_invalid",
-                                  field="path", value=str(path), reason="bad_header")
-    meta = header.pop("__metadata__", None) or {}
+    entries, meta = read_safetensors_header(path)
+    return sorted(entries), meta
+
+
+_WEIGHT_SUFFIXES_A = (".lora_A.weight", ".lora_down.weight", ".lora.down.weight")
+_WEIGHT_SUFFIXES_B = (".lora_B.weight", ".lora_up.weight", ".lora.up.weight")
+
+
+def _check_entries(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Dtype and shape rules read from the header, before any tensor is loaded: LoRA weights are
+    floating point and 2-D with a rank of at least 1; an ``.alpha`` is one number."""
+    from .._parse import SAFETENSORS_FLOAT_DTYPES
+
+    for key, entry in entries.items():
+        dtype, shape = entry["dtype"], entry["shape"]
+        if key.endswith(".alpha"):
+            count = 1
+            for d in shape:
+                count *= d
+            if count != 1:
+                raise LoraValidationError(f"{path.name}: {key} must hold one number, has shape {shape}",
+                                          code="lora_shape_mismatch", field=key, value=shape)
+            continue
+        if dtype not in SAFETENSORS_FLOAT_DTYPES:
+            raise LoraValidationError(f"{path.name}: LoRA tensor {key} is {dtype}; LoRA weights must be floating point "
+                                      "(integer or bool weights would be cast silently)", code="lora_dtype_invalid",
+                                      field=key, value=dtype)
+        if key.endswith(_WEIGHT_SUFFIXES_A + _WEIGHT_SUFFIXES_B):
+            rank_dim = 0 if key.endswith(_WEIGHT_SUFFIXES_A) else 1
+            if len(shape) != 2 or shape[rank_dim] < 1 or 0 in shape:
+                raise LoraValidationError(f"{path.name}: LoRA tensor {key} has shape {shape}; a LoRA factor is 2-D "
+                                          "with a rank of at least 1", code="lora_shape_mismatch", field=key,
+                                          value=shape)
+
+
+def _positive_number(value: Any, *, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if integer and not (isinstance(value, int) or float(value).is_integer()):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def _check_adapter_metadata(path: Path, raw: str | None) -> dict[str, Any] | None:
+    """``lora_adapter_metadata`` parsed and checked: a JSON object whose ``r``/``lora_alpha``
+    (and rank/alpha patterns) are positive numbers."""
+    from .._parse import ParseProblem, loads_json
+
+    if not raw:
+        return None
+    try:
+        meta = loads_json(raw, what=f"{path.name} lora_adapter_metadata")
+    except ParseProblem as exc:
+        raise LoraValidationError(exc.message, code="lora_metadata_invalid", field="lora_adapter_metadata",
+                                  value=exc.reason) from None
     if not isinstance(meta, dict):
-        meta = {}
-    return sorted(header), {str(k): str(v) for k, v in meta.items()}
+        raise LoraValidationError(f"{path.name}: lora_adapter_metadata must be a JSON object, got "
+                                  f"{type(meta).__name__}", code="lora_metadata_invalid",
+                                  field="lora_adapter_metadata", value=type(meta).__name__)
+    for key, value in meta.items():
+        name = key.rsplit(".", 1)[-1]
+        if name in ("r", "lora_alpha") and not _positive_number(value, integer=name == "r"):
+            raise LoraValidationError(f"{path.name}: adapter metadata {key} must be a positive "
+                                      f"{'integer' if name == 'r' else 'number'}, got {value!r}",
+                                      code="lora_metadata_invalid", field=key, value=value)
+        if name in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(value, dict) or not all(
+                    _positive_number(v, integer=name == "rank_pattern") for v in value.values()):
+                raise LoraValidationError(f"{path.name}: adapter metadata {key} must map module patterns to positive "
+                                          "numbers", code="lora_metadata_invalid", field=key, value=str(value)[:200])
+    return meta
+
+
+def _check_alphas(path: Path, tensors: Mapping[str, Any]) -> None:
+    import torch
+
+    for key, t in tensors.items():
+        if key.endswith(".alpha"):
+            if t.numel() != 1:
+                raise LoraValidationError(f"{path.name}: {key} holds {t.numel()} values, not one",
+                                          code="lora_shape_mismatch", field=key, value=list(t.shape))
+            value = float(t.reshape(-1)[0].to(torch.float64))
+            if not (math.isfinite(value) and value > 0):
+                raise LoraValidationError(f"{path.name}: {key} is {value}; a LoRA alpha must be a positive number",
+                                          code="lora_metadata_invalid", field=key, value=value)
 
 
 def lora_file_fingerprint(metadata: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -149,6 +248,8 @@ def lora_file_fingerprint(metadata: Mapping[str, str]) -> tuple[str | None, str 
     Reads our own exporter's metadata (``persona_ml.lora.export.read_lora_metadata``'s
     fields) and falls back on common key names.
     """
+    from .._parse import ParseProblem, loads_json
+
     name = next((metadata[k] for k in _BASE_NAME_KEYS if metadata.get(k)), None)
     fp = next((metadata[k] for k in _FINGERPRINT_KEYS if metadata.get(k)), None)
     for blob_key in ("persona_ml", "persona_ml.metadata", "persona_ml_metadata"):
@@ -156,13 +257,17 @@ def lora_file_fingerprint(metadata: Mapping[str, str]) -> tuple[str | None, str 
         if not blob:
             continue
         try:
-            data = json.loads(blob)
-        except ValueError:
+            data = loads_json(blob, what=blob_key)
+        except ParseProblem:  # deeply nested, NaN, not JSON: no fingerprint from it
             continue
         if isinstance(data, dict):
-            name = name or data.get("base_model") or data.get("base_model_name")
-            fp = fp or data.get("base_model_fingerprint") or data.get("base_model_hash")
+            name = name or _text(data.get("base_model")) or _text(data.get("base_model_name"))
+            fp = fp or _text(data.get("base_model_fingerprint")) or _text(data.get("base_model_hash"))
     return name, fp
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _detect_format(keys: list[str]) -> str:
@@ -211,10 +316,12 @@ def validate_lora(
     import torch
 
     path = Path(path)
-    keys, metadata = read_safetensors_metadata(path)
+    entries, metadata = read_safetensors_header(path)
+    keys = sorted(entries)
     if not keys:
         raise LoraValidationError(f"{path.name} holds no tensors", code="lora_file_invalid", field="path",
                                   value=str(path), reason="empty")
+    _check_entries(path, entries)
     fmt = _detect_format(keys)
     base_name, fp = lora_file_fingerprint(metadata)
     if fp is None:
@@ -261,6 +368,7 @@ def validate_lora(
                   for k, v in tensors.items()}
         original_modules = {_kohya_module(k) for k in source}
         _check_kohya_pairs(path, source)  # what diffusers' converter would trip over with a bare RuntimeError
+    _check_alphas(path, tensors)
     try:
         state_dict, alphas, _ = FluxPipeline.lora_state_dict(
             source, return_alphas=True, return_lora_metadata=True, local_files_only=True)
@@ -273,12 +381,7 @@ def validate_lora(
                            f"{str(exc)[:300]}", stage="lora_convert", library="diffusers", path=str(path),
                            format=fmt) from exc
     # diffusers reads its adapter config from the header when given a path; we pass the tensors, so parse it here
-    raw_meta = metadata.get("lora_adapter_metadata")
-    try:
-        diff_meta = json.loads(raw_meta) if fmt == "diffusers" and raw_meta else None
-    except ValueError:
-        raise LoraValidationError(f"{path.name}: its lora_adapter_metadata is not JSON", code="lora_format_unknown",
-                                  field="metadata", value="lora_adapter_metadata") from None
+    diff_meta = _check_adapter_metadata(path, metadata.get("lora_adapter_metadata")) if fmt == "diffusers" else None
     if original_modules:
         _check_kohya_coverage(path, original_modules, state_dict)
     return _canonicalise(path, fmt, state_dict, alphas or {}, diff_meta, metadata, modules, base_name, fp,
@@ -402,10 +505,17 @@ def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, b
         config = _create_lora_config(peft_sd, net_alphas, meta, rank_dict)
     except (ValueError, TypeError, KeyError) as exc:  # LoraConfig(**the file's metadata) refused it
         raise LoraValidationError(f"{path.name}: its LoRA config metadata is invalid ({exc})",
-                                  code="lora_format_unknown", field="metadata", value=str(exc)[:200]) from None
+                                  code="lora_metadata_invalid", field="metadata", value=str(exc)[:200]) from None
     except Exception as exc:  # a fault inside diffusers/peft, not of the file
         raise BackendError(f"building the LoRA config of {path.name} failed: {type(exc).__name__}: {exc}",
                            stage="lora_config", library="peft", path=str(path)) from exc
+    patterns = [config.r, *config.rank_pattern.values()]
+    alphas_all = [config.lora_alpha, *config.alpha_pattern.values()]
+    if not all(_positive_number(r, integer=True) for r in patterns) or not all(
+            _positive_number(a, integer=False) for a in alphas_all):
+        raise LoraValidationError(f"{path.name}: the LoRA's r/alpha must be positive numbers (r {config.r}, alpha "
+                                  f"{config.lora_alpha})", code="lora_metadata_invalid", field="metadata",
+                                  value=[str(config.r), str(config.lora_alpha)])
     if getattr(config, "use_dora", False):
         raise LoraValidationError(f"{path.name} is a DoRA adapter; only plain LoRA is supported",
                                   code="lora_format_unknown", field="use_dora", value=True)

@@ -27,13 +27,12 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from persona_ml.config import config_file, from_dict, read_yaml
-from persona_ml.errors import ConfigError, InputError, ModelMismatchError, ModelNotFoundError
+from persona_ml.errors import ConfigError, InputError, ModelMismatchError, ModelNotFoundError, PersonaMLError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,6 +49,8 @@ __all__ = [
     "fingerprint_flux_dir",
     "weight_digests",
     "check_flux_dev_dir",
+    "check_flux_dir",
+    "architecture_of",
 ]
 
 # Config keys that change with the saving library's version but not with the model.
@@ -62,7 +63,7 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat1
 class _Entry:
     """One ``models.<name>`` entry of ``configs/base_models.yaml`` (strict keys)."""
 
-    kind: Literal["diffusers_dir", "tiny_flux"]
+    kind: Literal["diffusers_dir", "tiny_flux", "tiny_video"]
     description: str = ""
     license: str = ""
     license_url: str | None = None
@@ -70,9 +71,10 @@ class _Entry:
     env_var: str | None = None
     search_paths: tuple[str, ...] = ()
     expected_files: tuple[str, ...] = ()
-    checks: Literal["flux-dev"] | None = None
+    checks: Literal["flux-dev", "flux"] | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None  # video models: the diffusers pipeline class (persona_ml.video.models)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ class BaseModelSpec:
         env_var: environment variable that may hold the folder.
         search_paths: folders tried after the explicit path and ``env_var``.
         expected_files: paths relative to the folder that must exist.
-        checks: structural check applied to the folder's configs (``"flux-dev"``) or ``None``.
+        checks: structural check applied to the folder's configs before any weight is read:
+            ``"flux-dev"`` (FLUX.1-dev exactly) or ``"flux"`` (any Flux-architecture folder:
+            schnell, fine-tunes, a small custom Flux), or ``None``.
         seed: weight seed (``tiny_flux``).
         tiny_config: ``TinyFluxConfig`` overrides (``tiny_flux``).
         path: the resolved folder (``diffusers_dir``), ``None`` for ``tiny_flux``.
@@ -111,6 +115,7 @@ class BaseModelSpec:
     checks: str | None = None
     seed: int = 0
     tiny_config: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None
     path: Path | None = None
     searched: tuple[str, ...] = ()
 
@@ -122,14 +127,20 @@ class LoadedBaseModel:
     Attributes:
         name: canonical model name (what LoRA metadata records as ``base_model``).
         spec: the resolved spec.
-        pipeline: the ``diffusers.FluxPipeline``.
+        pipeline: the ``diffusers.FluxPipeline``; with ``parts="encoders"`` its ``transformer`` is
+            ``None``, with ``parts="transformer"`` everything but the transformer and scheduler is.
         fingerprint: ``"sha256:<hex>"`` base-model identity (see module docstring).
+        architecture: modelspec architecture id (``flux-1-dev``, ``flux-1-schnell``, ``flux-1``
+            for another FLUX.1-sized model, ``flux`` for a Flux of other widths, ``tiny-flux``).
+        quantization: the transformer's quantization scheme (``"none"`` when not quantized).
     """
 
     name: str
     spec: BaseModelSpec
     pipeline: FluxPipeline
     fingerprint: str
+    architecture: str = "flux"
+    quantization: str = "none"
 
 
 def _registry(path: str | os.PathLike | None = None) -> dict[str, _Entry]:
@@ -193,7 +204,7 @@ def resolve_base_model(
     canonical = names[name]
     entry = registry[canonical]
     spec = BaseModelSpec(name=canonical, **{f.name: getattr(entry, f.name) for f in dataclasses.fields(_Entry)})
-    if entry.kind == "tiny_flux":
+    if entry.kind in ("tiny_flux", "tiny_video"):
         if path is not None:
             raise ConfigError(
                 f"{canonical} is built in code and takes no model folder",
@@ -250,13 +261,33 @@ _CHUNK = 16 << 20
 _OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
 
+def _read_json(path: Path) -> Any:
+    """A model folder's JSON file through the bounded loader (``persona_ml._parse``).
+
+    Raises:
+        ModelNotFoundError: ``model_not_found`` when it is missing; ``model_corrupt`` when it cannot be read
+            or is not acceptable JSON.
+    """
+    from persona_ml._parse import ParseProblem, loads_json
+
+    try:
+        return loads_json(path.read_bytes(), what=str(path))
+    except ParseProblem as exc:
+        raise ModelNotFoundError(exc.message, code="model_corrupt", path=str(path), reason=exc.reason) from None
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{path} not found", searched=[str(path)], missing=[path.name]) from None
+    except OSError as exc:
+        raise ModelNotFoundError(f"{path} cannot be read: {exc.strerror or exc}", code="model_corrupt",
+                                 path=str(path)) from None
+
+
 def _stable_json(path: Path) -> bytes:
     """A config file's content without what a re-save by another library version changes.
 
     Dropped: version/commit keys (``_diffusers_version``...) and keys whose value is ``null`` (newer
     library versions write new options with a null default). Key order and whitespace do not count.
     """
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = _read_json(path)
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS and v is not None}
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -268,8 +299,8 @@ def _tokenizer_json_model(path: Path) -> bytes:
     tokenizers 0.20 writes merges as ``[a, b]`` pairs where older versions wrote ``"a b"``; both read the same.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):
+        data = _read_json(path)
+    except ModelNotFoundError:
         return path.read_bytes()
     if not isinstance(data, dict):
         return path.read_bytes()
@@ -281,39 +312,23 @@ def _tokenizer_json_model(path: Path) -> bytes:
 
 
 def _safetensors_index(path: Path) -> dict[str, tuple[str, list[int], int, int]]:
-    """``{tensor: (dtype, shape, start, end)}`` of a safetensors file (absolute byte offsets), header only."""
+    """``{tensor: (dtype, shape, start, end)}`` of a safetensors file (absolute byte offsets), header only.
+
+    Raises:
+        ModelNotFoundError: ``model_corrupt`` for a malformed header or tensors outside the file (truncated).
+    """
+    from persona_ml._parse import ParseProblem, parse_safetensors_header, safetensors_header_length
+
     size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ModelNotFoundError(f"{path} is not a safetensors file", code="model_corrupt", path=str(path))
-        (n,) = struct.unpack("<Q", head)
-        if n < 2 or n > min(100_000_000, size - 8):
-            raise ModelNotFoundError(f"{path}: implausible safetensors header size {n}", code="model_corrupt",
-                                     path=str(path))
-        try:
-            header = json.loads(fh.read(n))
-        except (ValueError, RecursionError):
-            raise ModelNotFoundError(f"{path}: the safetensors header is not JSON", code="model_corrupt",
-                                     path=str(path)) from None
-    if not isinstance(header, dict):
-        raise ModelNotFoundError(f"{path}: the safetensors header is not an object", code="model_corrupt",
-                                 path=str(path))
-    header.pop("__metadata__", None)  # the saving library's notes ({"format": "pt"}), not weights
-    out = {}
+    try:
+        with open(path, "rb") as fh:
+            n = safetensors_header_length(fh.read(8), size, what=str(path))
+            header, _ = parse_safetensors_header(fh.read(n), size, what=str(path))
+    except ParseProblem as exc:
+        raise ModelNotFoundError(exc.message, code="model_corrupt", path=str(path), reason=exc.reason) from None
     base = 8 + n
-    for name, entry in header.items():
-        try:
-            start, end = (int(o) for o in entry["data_offsets"])
-            dtype, shape = str(entry["dtype"]), [int(d) for d in entry["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise ModelNotFoundError(f"{path}: tensor {name[:100]!r} has a malformed header entry",
-                                     code="model_corrupt", path=str(path)) from None
-        if not 0 <= start <= end <= size - base:
-            raise ModelNotFoundError(f"{path}: tensor {name[:100]!r} lies outside the file (truncated?)",
-                                     code="model_corrupt", path=str(path), tensor=name[:200])
-        out[name] = (dtype, shape, base + start, base + end)
-    return out
+    return {name: (entry["dtype"], list(entry["shape"]), base + entry["data_offsets"][0],
+                   base + entry["data_offsets"][1]) for name, entry in header.items()}
 
 
 def _hash_range(fh, start: int, end: int, buf: bytearray) -> str:
@@ -364,11 +379,13 @@ def _file_key(path: Path) -> list[int]:
 
 
 def _read_cache(cache: Path) -> dict[str, Any]:
+    from persona_ml._parse import loads_json
+
     try:
-        data = json.loads(cache.read_text(encoding="utf-8"))
+        data = loads_json(cache.read_bytes(), what=str(cache))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, RecursionError) as exc:
+    except (OSError, ValueError) as exc:
         log.warning("weight-hash cache %s is unreadable (%s); hashing again", cache, exc)
         return {}
     if not isinstance(data, dict) or data.get("version") != _HASH_CACHE_VERSION or not isinstance(
@@ -385,7 +402,7 @@ def _write_cache(cache: Path, fresh: dict[str, Any]) -> None:
         files.update(fresh)
         files = {p: e for p, e in files.items() if os.path.exists(p)}
         atomic_write_json(cache, {"version": _HASH_CACHE_VERSION, "files": files}, indent=None)
-    except OSError as exc:  # a read-only home must not stop a worker; it only re-hashes next start
+    except (OSError, PersonaMLError) as exc:  # a read-only or full disk must not stop a worker: it re-hashes next start
         log.warning("could not write the weight-hash cache %s: %s", cache, exc)
 
 
@@ -468,7 +485,10 @@ def fingerprint_flux_dir(folder: str | os.PathLike, *, cache_dir: str | os.PathL
         raise ModelNotFoundError(f"{folder} has no model_index.json", searched=[str(folder)], missing=["model_index.json"])
     h = hashlib.sha256(_FINGERPRINT_SCHEME)
     h.update(b"model_index.json\0" + _stable_json(index))
-    components = sorted(k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and isinstance(v, list))
+    index_data = _read_json(index)
+    if not isinstance(index_data, dict):
+        raise ModelNotFoundError(f"{index} is not a JSON object", code="model_corrupt", path=str(index))
+    components = sorted(k for k, v in index_data.items() if not k.startswith("_") and isinstance(v, list))
     per_comp: dict[str, list[Path]] = {}
     for comp in components:
         sub = folder / comp
@@ -502,6 +522,71 @@ def fingerprint_flux_dir(folder: str | os.PathLike, *, cache_dir: str | os.PathL
 # --------------------------------------------------------------------------- checks
 
 
+def check_flux_dir(folder: str | os.PathLike) -> dict[str, Any]:
+    """Check that a folder is a Flux-architecture diffusers folder (any widths, dev or schnell).
+
+    The structural switches every Flux shares are required (``FluxPipeline`` with a
+    ``FluxTransformer2DModel``, packed 2x2 latents: ``in_channels == 4 * vae.latent_channels``,
+    ``patch_size`` 1, rotary axes summing to the head width); sizes and the guidance embedding
+    are free, so FLUX.1-schnell, fine-tunes and a small custom Flux pass.
+
+    Returns:
+        The transformer config (``architecture_of`` reads it).
+
+    Raises:
+        ModelNotFoundError: a config is missing. ModelMismatchError: (``base_model_mismatch``)
+            not a Flux layout; details name ``field``, ``value`` and ``expected``.
+    """
+    folder = Path(folder)
+
+    def read(rel: str) -> dict[str, Any]:
+        path = folder / rel
+        if not path.is_file():
+            raise ModelNotFoundError(f"{folder} has no {rel}", searched=[str(folder)], missing=[rel])
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise ModelNotFoundError(f"{path} is not a JSON object", code="model_corrupt", path=str(path))
+        return data
+
+    index = read("model_index.json")
+    t = read("transformer/config.json")
+    vae = read("vae/config.json")
+    latent = vae.get("latent_channels")
+    facts = [
+        ("model_index._class_name", index.get("_class_name"), "FluxPipeline"),
+        ("transformer._class_name", t.get("_class_name"), "FluxTransformer2DModel"),
+        ("transformer.patch_size", t.get("patch_size", 1), 1),
+        ("transformer.in_channels", t.get("in_channels", 64), 4 * latent if isinstance(latent, int) else "4 x latent"),
+    ]
+    for key, got, want in facts:
+        if got != want:
+            raise ModelMismatchError(f"{folder}: {key} is {got!r}, a Flux folder has {want!r}", code="base_model_mismatch",
+                                     field=key, value=got, expected=want, path=str(folder))
+    head = t.get("attention_head_dim", 128)
+    axes = t.get("axes_dims_rope", [16, 56, 56])
+    if not isinstance(axes, list) or sum(a for a in axes if isinstance(a, int)) != head:
+        raise ModelMismatchError(f"{folder}: transformer.axes_dims_rope {axes} does not sum to attention_head_dim {head}",
+                                 code="base_model_mismatch", field="transformer.axes_dims_rope", value=axes,
+                                 expected=head, path=str(folder))
+    return t
+
+
+def architecture_of(transformer_config: Any) -> str:
+    """modelspec architecture id of a Flux transformer config (dict or diffusers ``FrozenDict``).
+
+    FLUX.1's widths (hidden 3072 = 24 x 128, T5 4096, CLIP 768, 19 + 38 blocks) give ``flux-1-dev``
+    with a guidance embedding and ``flux-1-schnell`` without; any other Flux is ``flux``, so a
+    small or custom model is never labelled FLUX.1.
+    """
+    get = transformer_config.get
+    flux1 = (get("num_attention_heads", 24) * get("attention_head_dim", 128) == 3072
+             and get("joint_attention_dim", 4096) == 4096 and get("pooled_projection_dim", 768) == 768
+             and get("num_layers", 19) == 19 and get("num_single_layers", 38) == 38)
+    if not flux1:
+        return "flux"
+    return "flux-1-dev" if get("guidance_embeds", False) else "flux-1-schnell"
+
+
 def check_flux_dev_dir(folder: str | os.PathLike) -> None:
     """Check a folder's configs against FLUX.1-dev's structure before any weight is loaded.
 
@@ -515,7 +600,11 @@ def check_flux_dev_dir(folder: str | os.PathLike) -> None:
     folder = Path(folder)
 
     def read(rel: str) -> dict[str, Any]:
-        return json.loads((folder / rel).read_text(encoding="utf-8"))
+        data = _read_json(folder / rel)
+        if not isinstance(data, dict):
+            raise ModelNotFoundError(f"{folder / rel} is not a JSON object", code="model_corrupt",
+                                     path=str(folder / rel))
+        return data
 
     index = read("model_index.json")
     t = read("transformer/config.json")
@@ -565,36 +654,58 @@ def _torch_dtype(dtype: str | torch.dtype):
     return getattr(torch, _DTYPES[dtype])
 
 
+PARTS = ("all", "encoders", "transformer")
+
+
 def load_base_model(
     name_or_spec: str | BaseModelSpec,
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     path: str | os.PathLike | None = None,
+    parts: str = "all",
+    quantization: str = "none",
 ) -> LoadedBaseModel:
     """Load a base model's ``FluxPipeline`` from local files (or build tiny-flux in code).
+
+    ``parts`` lets a trainer hold only what a phase needs: ``"encoders"`` loads the VAE, both
+    text encoders, their tokenizers and the scheduler (no transformer); ``"transformer"`` loads
+    the transformer and the scheduler only. The fingerprint is the same for every part.
 
     Args:
         name_or_spec: a model name/alias, or a spec from ``resolve_base_model``.
         dtype: ``torch.dtype`` or ``"fp32"|"bf16"|"fp16"`` (and the long spellings).
         device: where the pipeline is moved.
         path: explicit model folder (only with a name).
+        parts: ``"all"``, ``"encoders"`` or ``"transformer"``.
+        quantization: the transformer's scheme (``persona_ml.models.quantization.SCHEMES``), loaded
+            through diffusers' ``quantization_config``; quantized weights stay where they load
+            (CPU for tiny-flux on CPU, the GPU otherwise).
 
     Returns:
-        ``LoadedBaseModel(name, spec, pipeline, fingerprint)``.
+        ``LoadedBaseModel(name, spec, pipeline, fingerprint, architecture, quantization)``.
 
     Raises:
-        ConfigError: unknown name. ModelNotFoundError: no folder (lists where it looked).
-        ModelMismatchError: the folder is not FLUX.1-dev shaped. BackendUnavailableError: diffusers
-        is not installed.
+        ConfigError: unknown name, part or scheme. ModelNotFoundError: no folder (lists where it looked).
+        ModelMismatchError: the folder is not FLUX.1-dev shaped (``flux-dev``) or not a Flux
+        (the generic ``flux`` entry). BackendUnavailableError: diffusers, or the quantization
+        backend, is not installed.
 
     Example:
         >>> base = load_base_model("tiny-flux", dtype="fp32", device="cpu")   # doctest: +SKIP
+        >>> enc = load_base_model("flux-dev", dtype="bf16", device="cuda", parts="encoders")   # doctest: +SKIP
     """
+    from persona_ml.models.quantization import check_scheme, quantization_config
+
+    if parts not in PARTS:
+        raise ConfigError(f"parts must be one of {list(PARTS)}, got {parts!r}", field="parts", value=parts)
     spec = name_or_spec if isinstance(name_or_spec, BaseModelSpec) else resolve_base_model(name_or_spec, path)
     if isinstance(name_or_spec, BaseModelSpec) and path is not None:
         raise InputError("pass path= with a model name, not with a resolved spec", field="path", value=str(path))
     torch_dtype = _torch_dtype(dtype)
+    import torch
+
+    check_scheme(quantization if parts != "encoders" else "none", torch.device(device).type)
     try:
         import diffusers  # noqa: F401
     except ImportError as exc:  # pragma: no cover - diffusers is a core dependency
@@ -602,26 +713,79 @@ def load_base_model(
 
         raise BackendUnavailableError("diffusers is required to load a base model: pip install diffusers",
                                       package="diffusers") from exc
+    qconfig = quantization_config(quantization, torch_dtype) if parts != "encoders" else None
 
     if spec.kind == "tiny_flux":
-        from persona_ml.models.tiny_flux import TinyFluxConfig, build_tiny_flux_pipeline, tiny_flux_fingerprint
+        from persona_ml.models.tiny_flux import (
+            TinyFluxConfig,
+            build_tiny_flux_pipeline,
+            quantize_tiny_transformer,
+            tiny_flux_fingerprint,
+        )
 
         config = TinyFluxConfig.from_dict(dict(spec.tiny_config))
         pipe = build_tiny_flux_pipeline(seed=spec.seed, config=config)
         fingerprint = tiny_flux_fingerprint(pipe, spec.seed, config)  # in float32 whatever dtype is asked
+        pipe = _select_parts(pipe, parts)
         if torch_dtype != _torch_dtype("float32"):
             pipe.to(dtype=torch_dtype)
         pipe.to(device)
-        return LoadedBaseModel(spec.name, spec, pipe, fingerprint)
+        if qconfig is not None:
+            pipe.transformer = quantize_tiny_transformer(pipe.transformer, qconfig, torch_dtype, device)
+        return LoadedBaseModel(spec.name, spec, pipe, fingerprint, "tiny-flux", quantization if parts != "encoders"
+                               else "none")
 
+    if spec.kind == "tiny_video" or spec.pipeline is not None:
+        raise ConfigError(f"{spec.name} is a video model ({spec.pipeline or spec.kind}); load it with "
+                          "persona_ml.video's load_video_model, not as a Flux base model",
+                          field="base_model", value=spec.name)
     if spec.path is None:  # a hand-made spec
         spec = resolve_base_model(spec.name, None)
+    t_config = check_flux_dir(spec.path)
     if spec.checks == "flux-dev":
         check_flux_dev_dir(spec.path)
     fingerprint = fingerprint_flux_dir(spec.path)
-    from diffusers import FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    log.info("loading %s from %s (%s)", spec.name, spec.path, torch_dtype)
-    pipe = FluxPipeline.from_pretrained(str(spec.path), torch_dtype=torch_dtype, local_files_only=True)
+    log.info("loading %s (%s) from %s (%s%s)", spec.name, parts, spec.path, torch_dtype,
+             "" if qconfig is None else f", transformer {quantization}")
+    if parts == "transformer":
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(spec.path), subfolder="scheduler",
+                                                                    local_files_only=True)
+        pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                            tokenizer_2=None, transformer=None)
+    else:
+        pipe = FluxPipeline.from_pretrained(str(spec.path), **dtype_kwargs(torch_dtype), local_files_only=True,
+                                            **({"transformer": None} if parts == "encoders" or qconfig else {}))
     pipe.to(device)
-    return LoadedBaseModel(spec.name, spec, pipe, fingerprint)
+    if parts != "encoders":
+        kwargs: dict[str, Any] = {"subfolder": "transformer", **dtype_kwargs(torch_dtype), "local_files_only": True}
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+            if torch.device(device).type == "cuda":
+                kwargs["device_map"] = {"": torch.device(device).index or 0}
+        transformer = FluxTransformer2DModel.from_pretrained(str(spec.path), **kwargs)
+        if qconfig is None or torch.device(device).type != "cuda":
+            transformer.to(device)
+        pipe.transformer = transformer
+    return LoadedBaseModel(spec.name, spec, pipe, fingerprint, architecture_of(t_config),
+                           quantization if parts != "encoders" else "none")
+
+
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """``{"dtype": dtype}`` for a diffusers that takes it (0.42 deprecates ``torch_dtype`` with a
+    FutureWarning on every load), ``{"torch_dtype": dtype}`` for one that does not know ``dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:  # pragma: no cover - diffusers is a core dependency
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def _select_parts(pipe: FluxPipeline, parts: str) -> FluxPipeline:
+    if parts == "encoders":
+        pipe.transformer = None
+    elif parts == "transformer":
+        for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            setattr(pipe, name, None)
+    return pipe

@@ -391,3 +391,36 @@ def tiny_flux_fingerprint(pipeline: FluxPipeline, seed: int, config: TinyFluxCon
         h.update(key.encode())
         h.update(tensor.numpy().tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def quantize_tiny_transformer(transformer: Any, quantization_config: Any, dtype: torch.dtype, device: Any) -> Any:
+    """The tiny transformer reloaded through diffusers with ``quantization_config``.
+
+    The weights go through a temporary folder and ``FluxTransformer2DModel.from_pretrained(...,
+    quantization_config=...)``, the exact path a real model folder takes, so a quantized tiny-flux
+    has the same quantized layer classes (torchao's ``Int8Tensor`` weights, peft's
+    ``TorchaoLoraLinear`` once a LoRA is added) as a quantized FLUX.1-dev.
+
+    Args:
+        transformer: the tiny ``FluxTransformer2DModel``.
+        quantization_config: a diffusers quantization config (``TorchAoConfig``, ``BitsAndBytesConfig``).
+        dtype: compute dtype of the non-quantized parts.
+        device: where it runs.
+    """
+    import tempfile
+
+    from diffusers import FluxTransformer2DModel
+
+    from persona_ml.models.base_models import dtype_kwargs
+
+    with tempfile.TemporaryDirectory(prefix="persona_ml_tiny_q_") as tmp:
+        transformer.save_pretrained(tmp)
+        kwargs: dict[str, Any] = {**dtype_kwargs(dtype), "quantization_config": quantization_config,
+                                  "local_files_only": True}
+        is_cuda = str(device).startswith("cuda")
+        if is_cuda:
+            kwargs["device_map"] = {"": 0 if str(device) == "cuda" else int(str(device).split(":")[1])}
+        quantized = FluxTransformer2DModel.from_pretrained(tmp, **kwargs)
+    if not is_cuda:
+        quantized.to(device)
+    return quantized.eval()

@@ -13,6 +13,13 @@ refuses a violating run with ``LoraRuleError``. ``rules.mode: dev`` exists for t
 computed, logged as warnings and recorded in ``TrainResult.rule_violations``, so a 40-step CPU
 test run is visibly a developer run, never a silent exception to the rules.
 
+``rules.mode: research`` is the researcher's one-off run on a real base (a 200-step test on a
+local FLUX.1 folder, a custom Flux): the rules are checked, every violation is logged as a
+warning, recorded in ``TrainResult.rule_violations``, in the LoRA's header
+(``persona_ml.rule_violations``) and on its model card, and training goes on. No preset uses it;
+it must be set explicitly, and a job given the service's ``LoraRequest`` refuses it (the service
+path always enforces the rules).
+
 Example:
     >>> from persona_ml.training.config import load_train_config
     >>> cfg = load_train_config("tiny-cpu", overrides=["steps=20"])   # doctest: +SKIP
@@ -25,12 +32,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .._json import short_repr
 from ..config import config_file, load_config, to_dict
 from ..errors import ConfigError
 
@@ -38,11 +47,27 @@ DEV_BASE_MODELS = ("tiny-flux",)
 RESOLVED_NAME = "config.resolved.yaml"
 
 
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool): NaN would pass every ``x > 0`` check, a string would crash it."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(obj: object, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value!r}", field=name, value=value)
+        if not (_is_number(value) and value > 0):  # written so that NaN fails
+            raise ConfigError(f"{type(obj).__name__}.{name} must be a finite number > 0, got {short_repr(value)}",
+                              field=name, value=value)
+
+
+def _in_range(obj: object, name: str, field_path: str, lo: float, hi: float, *, hi_open: bool = True,
+              lo_open: bool = False) -> None:
+    """``lo <= value < hi`` (or ``<=``/``>`` per the flags), NaN and non-numbers refused."""
+    value = getattr(obj, name)
+    ok = _is_number(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ConfigError(f"{field_path} must be in {interval}, got {short_repr(value)}", field=field_path, value=value)
 
 
 @dataclass(frozen=True)
@@ -51,11 +76,12 @@ class RulesConfig:
 
     Attributes:
         mode: ``"enforce"`` refuses a violating request before loading any model; ``"dev"``
-            (tiny-flux only) records the violations and trains anyway.
+            (tiny-flux only) records the violations and trains anyway; ``"research"`` (any base,
+            never with a service ``LoraRequest``) does the same, logged and written into the LoRA.
         plan: the plan the request is made under when the caller passes no ``LoraRequest``.
     """
 
-    mode: Literal["enforce", "dev"] = "enforce"
+    mode: Literal["enforce", "dev", "research"] = "enforce"
     plan: str = "pro"
 
 
@@ -78,9 +104,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "rank", "alpha")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}", field="lora.dropout",
-                              value=self.dropout)
+        _in_range(self, "dropout", "lora.dropout", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -105,9 +129,16 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "eps")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("optimizer.warmup_steps, weight_decay and max_grad_norm must be >= 0",
-                              field="optimizer", value=[self.warmup_steps, self.weight_decay, self.max_grad_norm])
+        for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
+            if not (_is_number(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"optimizer.{name} must be a finite number >= 0, got {short_repr(getattr(self, name))}",
+                                  field=f"optimizer.{name}", value=getattr(self, name))
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+            # torch.optim.AdamW raises on a beta outside [0, 1) only when the optimizer is built, after the model load
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {short_repr(betas)}",
+                              field="optimizer.betas", value=list(betas) if isinstance(betas, (tuple, list)) else betas)
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,10 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "sigmoid_scale", "shift")
+        for name in ("base_shift", "max_shift", "guidance"):
+            if not _is_number(getattr(self, name)):
+                raise ConfigError(f"noise.{name} must be a finite number, got {short_repr(getattr(self, name))}",
+                                  field=f"noise.{name}", value=getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -150,8 +185,11 @@ class DataConfig:
             takes the prepared dataset's value.
         face_loss_weight: loss weight inside the face mask (1.0 = unweighted); the weight is
             ``1 + (face_loss_weight - 1) * mask`` on the packed latent grid.
-        batch_size: samples per process per micro-step (samples of different sizes are run as
-            separate forward passes and averaged).
+        batch_size: samples per process per micro-step, all of one bucket (width x height), stacked
+            into one forward and backward pass. Each epoch's seeded permutation is walked in
+            order and every sample joins the open batch of its bucket; a batch is drawn when full,
+            and an epoch's unfilled batches are drawn last, in the order they were opened (with
+            ``batch_size: 1`` this is exactly the permutation).
         gradient_accumulation: micro-steps per optimizer step.
         max_sequence_length: T5 tokens (512 for dev).
     """
@@ -164,16 +202,20 @@ class DataConfig:
     max_sequence_length: int = 512
 
     def __post_init__(self) -> None:
-        if not self.resolutions or any(r < 16 or r % 16 for r in self.resolutions):
-            raise ConfigError(f"data.resolutions must be multiples of 16 >= 16, got {list(self.resolutions)}",
+        if not self.resolutions or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 16 and not r % 16
+                                           for r in self.resolutions):
+            raise ConfigError(f"data.resolutions must be multiples of 16 >= 16, got {short_repr(self.resolutions)}",
                               field="data.resolutions", value=list(self.resolutions))
-        if self.caption_dropout is not None and not 0.0 <= self.caption_dropout < 1.0:
-            raise ConfigError(f"data.caption_dropout must be in [0, 1), got {self.caption_dropout}",
-                              field="data.caption_dropout", value=self.caption_dropout)
-        if self.face_loss_weight < 1.0:
-            raise ConfigError(f"data.face_loss_weight must be >= 1, got {self.face_loss_weight}",
+        if self.caption_dropout is not None:
+            _in_range(self, "caption_dropout", "data.caption_dropout", 0.0, 1.0)
+        if not (_is_number(self.face_loss_weight) and self.face_loss_weight >= 1.0):
+            raise ConfigError(f"data.face_loss_weight must be >= 1, got {short_repr(self.face_loss_weight)}",
                               field="data.face_loss_weight", value=self.face_loss_weight)
         _positive(self, "batch_size", "gradient_accumulation", "max_sequence_length")
+        if not isinstance(self.max_sequence_length, int) or isinstance(self.max_sequence_length, bool):
+            raise ConfigError(f"data.max_sequence_length must be an integer >= 1, got "
+                              f"{short_repr(self.max_sequence_length)}", field="data.max_sequence_length",
+                              value=self.max_sequence_length)
 
 
 @dataclass(frozen=True)
@@ -221,13 +263,20 @@ class SampleConfig:
     near_copy_pixel_similarity: float = 0.97
 
     def __post_init__(self) -> None:
-        if self.every < -1:
-            raise ConfigError(f"samples.every must be >= -1, got {self.every}", field="samples.every",
+        if not (isinstance(self.every, int) and not isinstance(self.every, bool) and self.every >= -1):
+            raise ConfigError(f"samples.every must be >= -1, got {short_repr(self.every)}", field="samples.every",
                               value=self.every)
-        if self.width % 16 or self.height % 16:
-            raise ConfigError(f"samples.width/height must be multiples of 16, got {self.width}x{self.height}",
-                              field="samples.width", value=[self.width, self.height])
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 16 and not value % 16):
+                # 0 passes `% 16` and a negative size passes too; both only failed inside the pipeline
+                raise ConfigError(f"samples.{name} must be a positive multiple of 16, got {short_repr(value)}",
+                                  field=f"samples.{name}", value=value)
         _positive(self, "steps")
+        if not (_is_number(self.guidance) and self.guidance >= 0):
+            raise ConfigError(f"samples.guidance must be a finite number >= 0, got {short_repr(self.guidance)}",
+                              field="samples.guidance", value=self.guidance)
+        _in_range(self, "near_copy_pixel_similarity", "samples.near_copy_pixel_similarity", -1.0, 1.0, hi_open=False)
 
 
 @dataclass(frozen=True)
@@ -235,10 +284,14 @@ class TrainConfig:
     """One training preset (``configs/train/<name>.yaml``).
 
     Attributes:
-        base_model: ``flux-dev`` (alias ``fal-ai/flux-lora``) or ``tiny-flux``.
+        base_model: ``flux-dev`` (alias ``fal-ai/flux-lora``), ``flux`` (any local Flux-architecture
+            diffusers folder given by ``base_model_path``) or ``tiny-flux``.
         base_model_path: folder of a diffusers-format model; ``None`` uses the model spec's lookup.
         precision: weights dtype of the frozen model and accelerate's mixed precision; the LoRA
             parameters stay fp32.
+        quantization: the frozen transformer's weights (``persona_ml.models.quantization``):
+            ``none``, ``int8-weight-only`` (torchao) or ``nf4`` (bitsandbytes, CUDA only); the
+            LoRA is trained in fp32 on top and exports exactly as on an unquantized base.
         gradient_checkpointing: recompute transformer activations in the backward pass.
         steps: optimizer steps.
         seed: seeds LoRA init, data order, caption dropout, timesteps and noise.
@@ -248,6 +301,7 @@ class TrainConfig:
     base_model: str = "flux-dev"
     base_model_path: Path | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    quantization: Literal["none", "int8-weight-only", "nf4"] = "none"
     gradient_checkpointing: bool = True
     steps: int = 1000
     seed: int = 0
@@ -266,7 +320,8 @@ class TrainConfig:
         if self.rules.mode == "dev" and self.base_model not in DEV_BASE_MODELS:
             raise ConfigError(f"rules.mode 'dev' is only allowed with a code-built test model "
                               f"({', '.join(DEV_BASE_MODELS)}); base_model {self.base_model!r} is trained under "
-                              "the platform's rules (rules.mode: enforce)", field="rules.mode", value=self.rules.mode)
+                              "the platform's rules (rules.mode: enforce; a one-off research run may set "
+                              "rules.mode: research)", field="rules.mode", value=self.rules.mode)
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples, strings for paths)."""

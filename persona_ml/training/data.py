@@ -64,7 +64,15 @@ def load_pixels(dataset: PreparedDataset, sample: TrainSample):
 
     from ..images import load_image
 
-    img = load_image(dataset.path(sample.item.image)).to_pil()
+    loaded = load_image(dataset.path(sample.item.image))
+    if sample.item.image_sha256 and loaded.sha256 != sample.item.image_sha256:  # replaced since it was verified
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"{dataset.root}: {sample.item.image} changed while training (sha256 "
+                            f"{loaded.sha256[:12]}... != recorded {sample.item.image_sha256[:12]}...); re-run prepare",
+                            code="dataset_file_changed", field="manifest.image_sha256", value=loaded.sha256,
+                            item=sample.item.id)
+    img = loaded.to_pil()
     if img.size != (sample.width, sample.height):
         img = img.resize((sample.width, sample.height), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
@@ -105,6 +113,7 @@ class Encoder:
         it = sample.item
         key = latent_key(self.fingerprint, it.image_sha256, it.crop, it.width, it.height, sample.resolution)
         if self.cache is not None:
+            dataset.verify(it)  # the file still has the recorded sha256: a cached latent keyed by it is its latent
             hit = self.cache.get("latents", key)
             if hit is not None and tuple(hit["latents"].shape[-2:]) == (sample.height // 8, sample.width // 8):
                 self.stats.latent_hits += 1
@@ -164,3 +173,33 @@ class Encoder:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.info("released text encoders and the VAE %s", "encoder (decoder kept for samples)" if keep_decoder else "")
+
+
+def bucket_batches(order, samples: list[TrainSample], batch_size: int) -> list[tuple[int, ...]]:
+    """One epoch's batches: ``order`` (a permutation of sample indices) cut into same-bucket batches.
+
+    The order is walked once; each sample joins the open batch of its bucket (width x height),
+    which is emitted when it holds ``batch_size`` samples. Batches still open at the end are
+    emitted last, in the order they were opened. With ``batch_size == 1`` the result is the
+    order itself, one sample per batch.
+
+    Args:
+        order: sample indices in this epoch's seeded order.
+        samples: the run's samples (their ``width`` / ``height`` are the bucket).
+        batch_size: samples per batch.
+
+    Returns:
+        Tuples of sample indices, every tuple of one bucket.
+    """
+    batches: list[tuple[int, ...]] = []
+    open_: dict[tuple[int, int], list[int]] = {}
+    for idx in order:
+        idx = int(idx)
+        bucket = (samples[idx].width, samples[idx].height)
+        group = open_.setdefault(bucket, [])
+        group.append(idx)
+        if len(group) == batch_size:
+            batches.append(tuple(group))
+            del open_[bucket]
+    batches.extend(tuple(g) for g in open_.values())  # dicts keep insertion (opening) order
+    return batches

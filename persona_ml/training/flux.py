@@ -83,18 +83,32 @@ def mask_to_packed_weights(mask: torch.Tensor | None, latent_h: int, latent_w: i
 
 @dataclass
 class FluxBatch:
-    """One sample ready for the transformer (cached tensors, already on the device)."""
+    """Samples of one bucket ready for the transformer (cached tensors, already on the device)."""
 
-    latents: torch.Tensor          # (1, C, h, w), normalised
-    prompt_embeds: torch.Tensor    # (1, seq, joint_attention_dim)
-    pooled: torch.Tensor           # (1, pooled_projection_dim)
-    mask: torch.Tensor | None = None   # (H, W) pixel mask in [0, 1]
+    latents: torch.Tensor          # (B, C, h, w), normalised
+    prompt_embeds: torch.Tensor    # (B, seq, joint_attention_dim)
+    pooled: torch.Tensor           # (B, pooled_projection_dim)
+    mask: torch.Tensor | None = None   # (H, W) or (B, H, W) pixel masks in [0, 1]
+
+    @classmethod
+    def stack(cls, items: list[FluxBatch]) -> FluxBatch:
+        """One batch from single-sample batches of the same bucket (a missing mask counts as 1s:
+        the unweighted loss)."""
+        if len(items) == 1:
+            return items[0]
+        masks = None
+        if any(it.mask is not None for it in items):
+            h, w = next(it.mask.shape[-2:] for it in items if it.mask is not None)
+            masks = torch.stack([it.mask.reshape(h, w) if it.mask is not None else torch.ones(h, w) for it in items])
+        return cls(torch.cat([it.latents for it in items]), torch.cat([it.prompt_embeds for it in items]),
+                   torch.cat([it.pooled for it in items]), masks)
 
 
 def flow_matching_loss(transformer, batch: FluxBatch, noise_cfg: NoiseConfig, generator: torch.Generator,
                        *, face_weight: float = 1.0, dtype: torch.dtype = torch.float32,
                        guidance_embeds: bool | None = None) -> torch.Tensor:
-    """One flow-matching loss for ``batch`` (scalar float32 tensor).
+    """The flow-matching loss of ``batch``: the mean over its samples of each sample's (masked)
+    mean squared error (scalar float32 tensor). One forward and backward pass for the batch.
 
     Noise and sigma are drawn from ``generator`` on CPU and moved to the device, so a run is
     reproducible from the generator's state on any device.
@@ -125,6 +139,8 @@ def flow_matching_loss(transformer, batch: FluxBatch, noise_cfg: NoiseConfig, ge
     err = (pred.float() - target) ** 2
     weights = mask_to_packed_weights(batch.mask, h, w, face_weight, c)
     if weights is not None:
-        weights = weights.to(device)
-        return (err * weights).sum() / weights.sum()
-    return err.mean()
+        weights = weights.to(device).expand_as(err)
+        per_sample = (err * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2))
+    else:
+        per_sample = err.mean(dim=(1, 2))
+    return per_sample.mean()

@@ -23,6 +23,7 @@ resumed run draws exactly what the uninterrupted run would have drawn, on any nu
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -39,7 +40,7 @@ import numpy as np
 
 from .._atomic import atomic_write_json
 from ..dataset.manifest import PreparedDataset, load_prepared
-from ..errors import InputError, LoraRuleError, PersonaMLError, TrainingError
+from ..errors import ConfigError, InputError, LoraRuleError, ModelMismatchError, PersonaMLError, TrainingError
 from .checkpoint import (
     CheckpointState,
     DataPosition,
@@ -58,11 +59,19 @@ log = logging.getLogger(__name__)
 EventCallback = Callable[[ProgressEvent], None]
 
 
-def _load_base_model(name: str, *, dtype, device, path=None):
+def _load_base_model(name: str, *, dtype, device, path=None, parts: str = "all", quantization: str = "none"):
     """Indirection so tests can prove no model is loaded (monkeypatch this)."""
     from ..models import load_base_model
 
-    return load_base_model(name, dtype=dtype, device=device, path=path)
+    return load_base_model(name, dtype=dtype, device=device, path=path, parts=parts, quantization=quantization)
+
+
+def _collect(device) -> None:
+    gc.collect()
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 class TrainingJob:
@@ -109,6 +118,8 @@ class TrainingJob:
         self.error: PersonaMLError | None = None
         self._cancel = threading.Event()
         self._sigterm = False
+        self._stop_reason = ""
+        self._previous_handlers: dict[int, Any] = {}
         self._step = 0
         self._total = self.config.steps
         self._t_train = 0.0
@@ -117,20 +128,42 @@ class TrainingJob:
 
     def cancel(self) -> None:
         """Ask the job to stop; it writes a checkpoint at the end of the current step and ends cancelled."""
+        self._stop_reason = self._stop_reason or "cancelled"
         self._cancel.set()
 
-    def install_signal_handlers(self) -> None:
-        """On SIGTERM, write a final checkpoint and end as cancelled. Main thread only (scripts)."""
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """On SIGTERM or SIGINT (Ctrl-C), write a checkpoint at the end of the current step (or of its
+        samples) and end as cancelled. A second Ctrl-C stops at once (``KeyboardInterrupt``; the job
+        ends cancelled, its last checkpoint kept). Main thread only (scripts).
+
+        Returns:
+            The previous handlers ``{signum: handler}`` (``restore_signal_handlers`` puts them back).
+        """
         if threading.current_thread() is not threading.main_thread():
             raise InputError("signal handlers can only be installed from the main thread", field="thread",
                              value=threading.current_thread().name)
 
         def _handler(signum, frame):
-            log.warning("SIGTERM received: checkpointing and stopping after this step")
+            name = signal.Signals(signum).name
+            if signum == signal.SIGINT and self._cancel.is_set():
+                raise KeyboardInterrupt  # the second Ctrl-C: the user means now
+            log.warning("%s received: checkpointing and stopping after this step%s", name,
+                        " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
+            self._stop_reason = name
             self._sigterm = True
             self._cancel.set()
 
-        signal.signal(signal.SIGTERM, _handler)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in previous:
+            signal.signal(sig, _handler)
+        self._previous_handlers = previous
+        return previous
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the handlers ``install_signal_handlers`` replaced."""
+        for sig, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
 
     def _emit(self, kind: str, **kw: Any) -> None:
         if self.on_event is None:
@@ -178,11 +211,20 @@ class TrainingJob:
                 self._write_result(result)
             if raise_on_error:
                 raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, the newest checkpoint stays resumable
+            self._set_status(JobStatus.CANCELLED, "interrupted (second Ctrl-C)")
+            result.status = self.status
+            if _is_main_process():
+                self._write_result(result)
+            raise
         return result
 
     def _run(self, result: TrainResult) -> None:
         import torch
 
+        from .. import _notices
+
+        _notices.install()
         cfg = self.config
         timings = result.timings
         t0 = time.perf_counter()
@@ -199,6 +241,9 @@ class TrainingJob:
         use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         if use_cpu and cfg.device == "auto" and cfg.base_model != "tiny-flux":
             log.warning("device=auto found no CUDA device: training %s on the CPU", cfg.base_model)
+        from ..models.quantization import check_scheme
+
+        check_scheme(cfg.quantization, "cpu" if use_cpu else "cuda")  # before any model is loaded
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
         accelerator = _make_accelerator(use_cpu, "no" if use_cpu and mixed == "fp16" else mixed)
         if not use_cpu and torch.cuda.is_available() and accelerator.device.type != "cuda":
@@ -211,20 +256,15 @@ class TrainingJob:
             result.config_path = write_resolved(cfg, self.output_dir)
         timings["prepare"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         device = accelerator.device
-        loaded = _load_base_model(cfg.base_model, dtype=dtype, device=device, path=cfg.base_model_path)
-        pipe = loaded.pipeline
-        timings["load"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
         from .cache import TensorCache, default_cache_dir
         from .data import Encoder, build_samples, load_pixels
+        from .memory import PhaseMemory
         from .samples import fill_prompts
 
+        memory = PhaseMemory(device)
         cache = TensorCache(cfg.cache.dir or default_cache_dir()) if cfg.cache.enabled else None
-        encoder = Encoder(pipe, loaded.fingerprint, cache, cfg.data.max_sequence_length, device)
         samples = build_samples(dataset, cfg.data.resolutions)
         if not samples:
             raise InputError("the prepared dataset has no items", field="images", value=str(dataset.root))
@@ -232,16 +272,61 @@ class TrainingJob:
         prompts = fill_prompts(cfg.samples.prompts, trigger) if cfg.samples.every >= 0 else []
         masks = [load_pixels(dataset, s)[1] if (s.item.mask and cfg.data.face_loss_weight != 1.0) else None
                  for s in samples]
+        load = functools.partial(_load_base_model, cfg.base_model, dtype=dtype, device=device,
+                                 path=cfg.base_model_path)
+        sample_text: dict = {}
         if cache is not None:
-            latents = [encoder.latents(dataset, s) for s in samples]
-            text = {c: encoder.text(c) for c in [*captions, "", *prompts]}
+            # phase 1: only the VAE and the text encoders are in memory while the cache is filled
+            t0 = time.perf_counter()
+            memory.start("encode")
+            self._progress("load_encoders", 0, 1, "loading the VAE and text encoders")
+            enc = load(parts="encoders")
+            timings["load_encoders"] = time.perf_counter() - t0
+            encoder = Encoder(enc.pipeline, enc.fingerprint, cache, cfg.data.max_sequence_length, device)
+            latents = []
+            for i, s in enumerate(samples):
+                latents.append(encoder.latents(dataset, s))
+                self._progress("encode_latents", i + 1, len(samples), f"{s.item.image} at {s.width}x{s.height}")
+            texts = list(dict.fromkeys([*captions, "", *prompts]))
+            text = {}
+            for i, c in enumerate(texts):
+                text[c] = encoder.text(c)
+                self._progress("encode_text", i + 1, len(texts), c)
+            epipe = enc.pipeline
+            memory.stop("encode", epipe.vae, epipe.text_encoder, epipe.text_encoder_2)
+            fingerprint, scheduler = enc.fingerprint, epipe.scheduler
             encoder.release(keep_decoder=bool(prompts))
-            sample_text: dict = {}
+            decoder = epipe.vae  # the decoder half only, or None without samples
+            encoder.pipe = epipe = enc = None
+            _collect(device)
+            timings["encode"] = time.perf_counter() - t0 - timings["load_encoders"]
+            # phase 2: the transformer (quantized when asked) and, with samples, the VAE decoder
+            t0 = time.perf_counter()
+            memory.start("train")
+            self._progress("load_transformer", 0, 1, f"loading the transformer ({cfg.quantization})")
+            loaded = load(parts="transformer", quantization=cfg.quantization)
+            if loaded.fingerprint != fingerprint:
+                raise ModelMismatchError(f"the base model's files changed between loading its encoders and its "
+                                         f"transformer ({fingerprint} -> {loaded.fingerprint})",
+                                         code="base_model_mismatch", field="base_model", value=loaded.fingerprint,
+                                         expected=fingerprint)
+            pipe = loaded.pipeline
+            pipe.vae = decoder
+            pipe.scheduler = scheduler
+            timings["load_transformer"] = time.perf_counter() - t0
         else:
+            # no cache: the encoders run at every step and stay loaded beside the transformer
+            t0 = time.perf_counter()
+            memory.start("train")
+            self._progress("load_all", 0, 1, "loading the whole pipeline (cache off)")
+            loaded = load(parts="all", quantization=cfg.quantization)
+            pipe = loaded.pipeline
+            encoder = Encoder(pipe, loaded.fingerprint, None, cfg.data.max_sequence_length, device)
             latents, text = None, {}
+            timings["load_transformer"] = time.perf_counter() - t0
             sample_text = {p: encoder.text(p) for p in prompts}
+        timings["load"] = timings.get("load_encoders", 0.0) + timings["load_transformer"]
         result.cache = encoder.stats.to_dict()
-        timings["encode"] = time.perf_counter() - t0
 
         transformer = pipe.transformer
         transformer.requires_grad_(False)
@@ -273,6 +358,7 @@ class TrainingJob:
         ckpt_root = self.output_dir / "checkpoints"
         expect = {"training_hash": cfg.training_hash(), "dataset_hash": dataset.info.dataset_hash,
                   "base_fingerprint": loaded.fingerprint}
+        started_at = time.time()
         start, pos, losses = 0, DataPosition(), []
         last = latest_checkpoint(ckpt_root) if self.resume else None
         if last is not None:
@@ -285,6 +371,7 @@ class TrainingJob:
             lr_scheduler.load_state_dict(st.scheduler)
             restore_rng(st.rng)
             start, pos, losses = st.step, st.position, list(st.losses)
+            started_at = float(st.meta.get("training_started_at", started_at))
             result.resumed_from = start
             result.identity = _earlier_identity(self.output_dir / "samples", start)
             log.info("resumed from %s (step %d)", last, start)
@@ -296,36 +383,45 @@ class TrainingJob:
                                    adapter={n: p.detach().float().cpu().clone() for n, p in raw.named_parameters()
                                             if n in names},
                                    optimizer=optimizer.state_dict(), scheduler=lr_scheduler.state_dict(),
-                                   rng=capture_rng(), losses=list(losses), meta=dict(expect))
+                                   rng=capture_rng(), losses=list(losses),
+                                   meta={**expect, "training_started_at": started_at})
 
+        from .data import bucket_batches
         from .flux import FluxBatch, flow_matching_loss
 
         scorer = self._scorer(dataset) if prompts and is_main else None
         world, rank = accelerator.num_processes, accelerator.process_index
         dropout = cfg.data.caption_dropout if cfg.data.caption_dropout is not None else dataset.info.caption_dropout
         n_samples = len(samples)
+
+        @functools.lru_cache(maxsize=4)
+        def epoch_batches(epoch: int) -> list[tuple[int, ...]]:
+            return bucket_batches(_permutation(cfg.seed, epoch, n_samples), samples, cfg.data.batch_size)
+
         self._set_status(JobStatus.TRAINING, f"{n_samples} samples, steps {start}->{cfg.steps}")
         self._t_train = time.perf_counter()
         t_samples = 0.0
-        step = start
-        micro_per_step = cfg.data.batch_size * cfg.data.gradient_accumulation
+        step = saved = start
+        accum = cfg.data.gradient_accumulation
         transformer.train()
         while step < cfg.steps:
             if self._cancel.is_set():
                 break
             lr = float(lr_scheduler.get_last_lr()[0])
             step_loss = 0.0
-            for micro in range(cfg.data.gradient_accumulation):
+            for micro in range(accum):
                 picks = []
-                for _ in range(cfg.data.batch_size * world):
-                    picks.append(_permutation(cfg.seed, pos.epoch, n_samples)[pos.index])
-                    pos = DataPosition(pos.epoch + 1, 0) if pos.index + 1 >= n_samples else \
+                for _ in range(world):  # one same-bucket batch per process
+                    batches = epoch_batches(pos.epoch)
+                    picks.append(batches[pos.index])
+                    pos = DataPosition(pos.epoch + 1, 0) if pos.index + 1 >= len(batches) else \
                         DataPosition(pos.epoch, pos.index + 1)
-                mine = picks[rank * cfg.data.batch_size:(rank + 1) * cfg.data.batch_size]
+                mine = picks[rank]
                 gen = torch.Generator("cpu").manual_seed(_derive_seed(cfg.seed, step, micro, rank))
-                sync = micro == cfg.data.gradient_accumulation - 1
+                sync = micro == accum - 1
                 ctx = accelerator.no_sync(transformer) if (not sync and world > 1) else _null()
                 with ctx:
+                    items = []
                     for idx in mine:
                         s = samples[idx]
                         drop = float(torch.rand(1, generator=gen)) < dropout
@@ -335,18 +431,20 @@ class TrainingJob:
                         else:
                             z = encoder.encode_pixels(load_pixels(dataset, s)[0])
                             pe, pooled = encoder.text(caption)
-                        batch = FluxBatch(z.to(device), pe.to(device), pooled.to(device), masks[idx])
-                        with accelerator.autocast():
-                            loss = flow_matching_loss(transformer, batch, cfg.noise, gen,
-                                                      face_weight=cfg.data.face_loss_weight, dtype=dtype,
-                                                      guidance_embeds=guidance_embeds)
-                        loss_value = float(loss.detach())
-                        if not math.isfinite(loss_value):
-                            raise TrainingError(f"loss is {loss_value} at step {step + 1}; lower optimizer.lr "
-                                                f"({cfg.optimizer.lr}) or check the data", code="training_nan_loss",
-                                                field="loss", value=loss_value, step=step + 1)
-                        accelerator.backward(loss / micro_per_step)
-                        step_loss += loss_value / micro_per_step
+                        items.append(FluxBatch(z, pe, pooled, masks[idx]))
+                    b = FluxBatch.stack(items)
+                    batch = FluxBatch(b.latents.to(device), b.prompt_embeds.to(device), b.pooled.to(device), b.mask)
+                    with accelerator.autocast():
+                        loss = flow_matching_loss(transformer, batch, cfg.noise, gen,
+                                                  face_weight=cfg.data.face_loss_weight, dtype=dtype,
+                                                  guidance_embeds=guidance_embeds)
+                    loss_value = float(loss.detach())
+                    if not math.isfinite(loss_value):
+                        raise TrainingError(f"loss is {loss_value} at step {step + 1}; lower optimizer.lr "
+                                            f"({cfg.optimizer.lr}) or check the data", code="training_nan_loss",
+                                            field="loss", value=loss_value, step=step + 1)
+                    accelerator.backward(loss / accum)
+                    step_loss += loss_value / accum
             if cfg.optimizer.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, cfg.optimizer.max_grad_norm)
             optimizer.step()
@@ -361,29 +459,33 @@ class TrainingJob:
             self._emit("step", step=step, loss=step_loss, lr=lr, eta_s=eta)
             stopping = self._cancel.is_set()
             if is_main and (step % cfg.checkpoint.every == 0 or stopping):
-                path = save_checkpoint(ckpt_root, state(step, pos), keep_last=cfg.checkpoint.keep_last)
-                result.checkpoints.append(CheckpointRecord(step, str(path)))
-                self._emit("checkpoint", step=step, checkpoint=str(path))
+                saved = self._checkpoint(result, ckpt_root, state(step, pos))
             every = cfg.samples.every
             if is_main and prompts and not stopping and ((every > 0 and step % every == 0) or step == cfg.steps):
                 ts = time.perf_counter()
                 self._samples(result, pipe, raw, step, [text.get(p) or sample_text[p] for p in prompts], scorer)
                 t_samples += time.perf_counter() - ts
             accelerator.wait_for_everyone()
+        if is_main and step < cfg.steps and step > saved:
+            # a stop that arrived after this step's checkpoint decision (e.g. during its samples)
+            saved = self._checkpoint(result, ckpt_root, state(step, pos))
 
         train_time = time.perf_counter() - self._t_train
         timings["samples"] = t_samples
         timings["train"] = train_time - t_samples
         done = step - start
         timings["s_per_step"] = (train_time - t_samples) / done if done else 0.0
+        memory.stop("train", raw, pipe.vae)
+        result.memory = memory.to_dict()
         result.losses = losses
         if step < cfg.steps:
             result.status = JobStatus.CANCELLED
-            self._set_status(JobStatus.CANCELLED, "SIGTERM" if self._sigterm else "cancelled")
+            self._set_status(JobStatus.CANCELLED, self._stop_reason or "cancelled")
         else:
             if is_main:
                 t0 = time.perf_counter()
-                self._export(result, raw, names, dataset, loaded, trigger)
+                self._progress("export", 0, 1, "exporting the LoRA")
+                self._export(result, raw, names, dataset, loaded, trigger, samples, started_at)
                 timings["export"] = time.perf_counter() - t0
             result.status = JobStatus.COMPLETED
             self._set_status(JobStatus.COMPLETED, str(result.lora_path))
@@ -391,6 +493,15 @@ class TrainingJob:
             self._write_result(result)
         transformer = optimizer = pipe = None  # drop the references before collecting
         gc.collect()
+
+    def _checkpoint(self, result: TrainResult, root: Path, state: CheckpointState) -> int:
+        path = save_checkpoint(root, state, keep_last=self.config.checkpoint.keep_last)
+        result.checkpoints.append(CheckpointRecord(state.step, str(path)))
+        self._emit("checkpoint", step=state.step, checkpoint=str(path))
+        return state.step
+
+    def _progress(self, phase: str, current: int, count: int, message: str = "") -> None:
+        self._emit("progress", step=self._step, phase=phase, current=current, count=count, message=message)
 
     # --- stages -----------------------------------------------------------------------------------
 
@@ -425,6 +536,13 @@ class TrainingJob:
         from ..rules import LoraRequest, check_lora_request
 
         cfg = self.config
+        if cfg.rules.mode == "research" and self.request is not None:
+            raise ConfigError("rules.mode 'research' is for one-off runs without a service request; a LoraRequest "
+                              "from the service is always checked under rules.mode 'enforce'", field="rules.mode",
+                              value=cfg.rules.mode)
+        if cfg.rules.mode == "research":
+            log.warning("research mode: %s on %s; rule violations are recorded in the LoRA, not refused",
+                        cfg.base_model, cfg.base_model_path or "its configured folder")
         req = self.request or LoraRequest(plan=cfg.rules.plan, num_images=dataset.info.num_source_images,
                                           training_steps=cfg.steps, lora_rank=cfg.lora.rank,
                                           base_model=cfg.base_model, trigger=trigger)
@@ -434,8 +552,8 @@ class TrainingJob:
         if cfg.rules.mode == "enforce":
             raise LoraRuleError("LoRA request violates the rules: " + "; ".join(v.message for v in checked.violations),
                                 violations=checked.violations, codes=checked.codes)
-        log.warning("dev run on %s: the request does not meet the platform rules (%s); training anyway",
-                    cfg.base_model, ", ".join(checked.codes))
+        log.warning("%s run on %s: the request does not meet the platform rules (%s); training anyway",
+                    cfg.rules.mode, cfg.base_model, ", ".join(checked.codes))
         return [v.to_dict() for v in checked.violations]
 
     def _scorer(self, dataset: PreparedDataset):
@@ -480,7 +598,8 @@ class TrainingJob:
         self._emit("samples", step=step, sample_paths=tuple(str(p) for p in paths), identity=identity)
         del sampler
 
-    def _export(self, result: TrainResult, raw, names, dataset: PreparedDataset, loaded, trigger: str) -> None:
+    def _export(self, result: TrainResult, raw, names, dataset: PreparedDataset, loaded, trigger: str, samples,
+                started_at: float) -> None:
         import torch
         from safetensors.torch import load_file
 
@@ -488,13 +607,26 @@ class TrainingJob:
         from .samples import best_step
 
         cfg = self.config
+        tags: dict[str, int] = {}
+        for it in dataset.items:  # kohya's ss_tag_frequency: comma-separated caption tags
+            for tag in (t.strip() for t in it.caption.split(",")):
+                if tag:
+                    tags[tag] = tags.get(tag, 0) + 1
+        extra = {"training_hash": cfg.training_hash(), "quantization": cfg.quantization, "rules_mode": cfg.rules.mode,
+                 "precision": cfg.precision}
 
         def meta(steps: int):
             return LoraMetadata(rank=cfg.lora.rank, alpha=float(cfg.lora.alpha), steps=steps, trigger=trigger,
                                 base_model=loaded.name, base_model_fingerprint=loaded.fingerprint,
-                                dataset_hash=dataset.info.dataset_hash)
+                                dataset_hash=dataset.info.dataset_hash,
+                                architecture=getattr(loaded, "architecture", None),
+                                resolutions=tuple(sorted({s.resolution for s in samples})),
+                                num_train_images=len(dataset.items), tag_frequency={dataset.root.name: tags},
+                                training_started_at=started_at,
+                                rule_violations=tuple(v["code"] for v in result.rule_violations), extra=extra)
 
         exported = export_lora(raw, self.output_dir / "lora", metadata=meta(cfg.steps))
+        result.loaders = {k: list(v) for k, v in exported.loaders.items()}
         result.exported = exported
         result.lora_path = Path(exported.diffusers_path)
         result.kohya_path = Path(exported.kohya_path) if getattr(exported, "kohya_path", None) else None

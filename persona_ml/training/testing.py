@@ -43,7 +43,8 @@ def make_synthetic_dataset(root: str | os.PathLike, n: int = 3, size: int = 64, 
         items.append(PreparedItem(id=f"{i:03d}", image=f"images/{i:03d}.png", caption=f"{trigger}, a photo, view {i}",
                                   width=size, height=size, source_sha256=f"{i:064d}", source=f"photo{i}.jpg",
                                   crop=(0, 0, size, size), kind="closeup", face_bbox=(q, q, size / 2, size / 2),
-                                  mask=mask_rel, image_sha256=sha256_file(root / f"images/{i:03d}.png")))
+                                  mask=mask_rel, image_sha256=sha256_file(root / f"images/{i:03d}.png"),
+                                  mask_sha256=sha256_file(root / mask_rel) if mask_rel else ""))
     info = PreparedDatasetInfo(format_version=1, trigger=trigger, caption_dropout=0.05, resolutions=(size,),
                                dataset_hash=dataset_hash(items), profile_fingerprint=None, num_items=n,
                                num_source_images=n)
@@ -57,18 +58,24 @@ class _Loaded:
     spec: Any
     pipeline: Any
     fingerprint: str
+    architecture: str = "tiny-flux"
+    quantization: str = "none"
 
 
 class TinyLoader:
     """A ``_load_base_model`` stand-in: builds tiny-flux (seed 0) once, returns deep copies.
 
-    ``calls`` counts loads; ``on_load(pipeline)`` runs on each copy (tests attach hooks there).
+    It takes the real loader's ``parts`` and ``quantization``: a copy holds only the asked parts
+    (the others are ``None``) and a quantized transformer goes through diffusers' quantization
+    config exactly as ``load_base_model`` does. ``calls`` counts loads, ``parts_loaded`` lists each
+    call's ``parts``; ``on_load(pipeline)`` runs on each copy (tests attach hooks there).
     """
 
     def __init__(self, config: Any = None, on_load: Any = None) -> None:
         self.config = config
         self.on_load = on_load
         self.calls = 0
+        self.parts_loaded: list[str] = []
         self._base: Any = None
         self._fp = ""
         self._shared: TinyLoader | None = None
@@ -87,13 +94,32 @@ class TinyLoader:
             self._base = build_tiny_flux_pipeline(seed=0, config=cfg)
             self._fp = tiny_flux_fingerprint(self._base, 0, cfg)
 
-    def __call__(self, name: str, *, dtype, device, path=None):
+    def __call__(self, name: str, *, dtype, device, path=None, parts: str = "all", quantization: str = "none"):
+        from diffusers import FluxPipeline
+
+        from ..models.quantization import quantization_config
+        from ..models.tiny_flux import quantize_tiny_transformer
+
         self.calls += 1
+        self.parts_loaded.append(parts)
         src = self._shared or self
         src._build()
-        pipe = copy.deepcopy(src._base)
-        if dtype != next(pipe.transformer.parameters()).dtype or str(device) != "cpu":
-            pipe = pipe.to(device=device, dtype=dtype)
+        base = src._base
+        keep = {"scheduler": base.scheduler}
+        names = {"all": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer"),
+                 "encoders": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+                 "transformer": ("transformer",)}[parts]
+        for n in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer"):
+            keep[n] = copy.deepcopy(getattr(base, n)) if n in names else None
+        keep["scheduler"] = copy.deepcopy(base.scheduler)
+        pipe = FluxPipeline(**keep)
+        for n in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+            module = getattr(pipe, n)
+            if module is not None and (dtype != next(module.parameters()).dtype or str(device) != "cpu"):
+                module.to(device=device, dtype=dtype)
+        if quantization != "none" and pipe.transformer is not None:
+            pipe.transformer = quantize_tiny_transformer(pipe.transformer, quantization_config(quantization, dtype),
+                                                         dtype, device)
         if self.on_load is not None:
             self.on_load(pipe)
-        return _Loaded("tiny-flux", None, pipe, src._fp)
+        return _Loaded("tiny-flux", None, pipe, src._fp, "tiny-flux", quantization if parts != "encoders" else "none")

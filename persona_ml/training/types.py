@@ -49,8 +49,12 @@ class ProgressEvent:
     """What a progress callback receives.
 
     Attributes:
-        kind: ``status`` (status changed), ``step`` (an optimizer step finished),
-            ``checkpoint`` (one was written), ``samples`` (samples rendered and scored).
+        kind: ``status`` (status changed), ``progress`` (loading, encoding and caching before the
+            loop, export after it: ``phase``, ``current`` of ``count``), ``step`` (an optimizer step
+            finished), ``checkpoint`` (one was written), ``samples`` (samples rendered and scored).
+        phase: ``load_encoders``, ``encode_latents``, ``encode_text``, ``load_transformer``,
+            ``load_all`` (cache off) or ``export`` (``progress`` events).
+        current, count: items done of the phase's total (``progress`` events).
         status: the job's status at that moment.
         step, total_steps: progress.
         loss: this step's loss (``step`` events).
@@ -74,6 +78,9 @@ class ProgressEvent:
     identity: IdentityScore | None = None
     checkpoint: str | None = None
     message: str = ""
+    phase: str = ""
+    current: int = 0
+    count: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,13 @@ class TrainResult:
         checkpoints: checkpoints written, oldest first (pruned folders included, marked by path).
         identity: per-sample-step identity scores.
         losses: loss per optimizer step (the full history, across resumes).
-        timings: seconds per phase (``prepare``, ``load``, ``encode``, ``train``, ``samples``,
-            ``export``) and ``s_per_step``.
+        timings: seconds per phase (``prepare``, ``load_encoders``, ``encode``, ``load_transformer``,
+            ``load`` (both loads), ``train``, ``samples``, ``export``) and ``s_per_step``.
+        memory: peak memory per phase (``persona_ml.training.memory``): ``encode`` (VAE + text
+            encoders only, filling the cache) and ``train`` (the transformer, LoRA, optimizer and,
+            with samples, the VAE decoder), each ``{"peak_bytes", "measure", "weights_bytes"}``,
+            plus ``peak_bytes``: the larger of the two, the job's peak.
+        loaders: exported file name -> the tools that load it exactly (as on the model card).
         cache: cache hit/miss counts.
         optimizer: the optimizer actually used (``AdamW8bit`` or ``AdamW``).
         rule_violations: violations recorded in ``rules.mode: dev`` (always empty in enforce mode).
@@ -120,6 +132,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    loaders: dict[str, list[str]] = field(default_factory=dict)
     optimizer: str = ""
     rule_violations: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None
@@ -134,6 +148,10 @@ class TrainResult:
             lines.append(f"steps: {len(self.losses)}  loss first/last: {self.losses[0]:.4f} / {self.losses[-1]:.4f}")
         if self.timings.get("s_per_step"):
             lines.append(f"speed: {self.timings['s_per_step']:.3f} s/step")
+        phases = {k: v for k, v in self.memory.items() if isinstance(v, dict)}
+        if phases:
+            lines.append("memory: " + ", ".join(
+                f"{k} peak {_gib(v['peak_bytes'])} (weights {_gib(v['weights_bytes'])})" for k, v in phases.items()))
         if self.lora_path:
             lines.append(f"lora: {self.lora_path}")
         if self.kohya_path:
@@ -148,3 +166,7 @@ class TrainResult:
         if self.error:
             lines.append(f"error [{self.error['code']}]: {self.error['message']}")
         return "\n".join(lines)
+
+
+def _gib(n: int | None) -> str:
+    return "not measured" if n is None else f"{n / 2**30:.2f} GiB"

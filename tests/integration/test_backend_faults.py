@@ -98,6 +98,24 @@ def test_training_sample_scoring_and_screening_do_not_blame_the_photo(crashing_d
         screen_dataset([good, boom], profile, emb)  # used to reject boom.png as image_unreadable
 
 
+def test_a_second_pass_detector_crash_is_backend_error(photos, monkeypatch):
+    from persona_ml.dataset.screening import ScreeningConfig, screen_dataset
+    from persona_ml.faces import FaceEmbedder, FaceProfile, dlib_backend
+
+    good, _ = photos
+    emb = FaceEmbedder("dlib")
+    profile = FaceProfile.build([emb.embed_primary(good)])
+
+    def crash(self, *a, **k):
+        raise _Crash("dlib CNN: CUDA error: out of resources")
+
+    monkeypatch.setattr(dlib_backend.DlibBackend, "search_faces", crash)
+    with pytest.raises(BackendError) as exc:
+        screen_dataset([good], profile, emb, config=ScreeningConfig(second_pass="always"))
+    assert exc.value.code == "backend_error" and exc.value.details["stage"] == "second_pass"
+    assert isinstance(exc.value.__cause__, _Crash)
+
+
 def test_cli_exits_1_with_backend_error_not_2(crashing_dlib, photos, tmp_path, capsys):
     from persona_ml.cli import main
 
@@ -111,7 +129,7 @@ def test_cli_exits_1_with_backend_error_not_2(crashing_dlib, photos, tmp_path, c
         (refs / p.name).write_bytes(p.read_bytes())
     assert main(["profile", str(refs), "--out", str(tmp_path / "prof")]) == 1  # no profile built without boom.png
     assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]["code"] == "backend_error"
-    assert not (tmp_path / "prof.json").exists()
+    assert not (tmp_path / "prof.safetensors").exists() and not (tmp_path / "prof.json").exists()
 
 
 # ----------------------------------------------------------------------------- diffusers / peft

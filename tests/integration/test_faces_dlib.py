@@ -218,7 +218,12 @@ def test_exif_rotated_photo_is_found_upright(embedder, insightface_images, tmp_p
     tagged = tmp_path / "rotated.jpg"
     tagged.write_bytes(_jpeg(stored, exif=exif.tobytes()))
     untagged = _jpeg(stored)
-    assert embedder.analyze_one(untagged) == []  # HOG is a frontal detector: sideways faces are missed
+    # HOG is an upright frontal detector: a sideways face is missed by it ...
+    hog_only = persona_ml.FaceEmbedder("dlib", cnn_fallback=False)
+    assert hog_only.analyze_one(untagged) == []
+    # ... and found by the CNN second pass, which says so
+    (sideways,) = embedder.analyze_one(untagged)
+    assert sideways.extra["detector"] == "cnn" and sideways.extra["detect_pass"] == "cnn"
     face = embedder.embed_primary(tagged)
     assert face.image_size == upright.size
     assert face.similarity(embedder.embed_primary(np.asarray(upright))) > 0.97

@@ -60,8 +60,7 @@ def test_base_weights_unchanged_after_200_switches(setup):
     start = gen.cache_stats()
     for i in range(200):
         gen.activate("A" if i % 2 else "B", lora_scale=0.5 + (i % 3) * 0.25)
-    assert gen.base_checksum() == before
-    assert gen.merged_adapters() == []
+    assert gen.base_checksum() == before  # a merged LoRA would change it (test_integrity_probes.py)
     after_img, _ = render(gen, "A", seeds=(3,))
     assert np.array_equal(before_img, after_img)
     stats = gen.cache_stats()

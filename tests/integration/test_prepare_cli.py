@@ -133,3 +133,23 @@ def test_prepare_bad_input_exit_2(case, what, capsys):
         (root / "out_e" / "keep.txt").write_text("not a dataset")
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_check_images_counts_what_prepare_trains_on(case, capsys):
+    # `check --images` used to count files on a raw folder (OK for a set prepare then cut down),
+    # read 0 images on a prepared folder, and count crops on its images/ subfolder
+    root, photos, profile = case
+    rc, report = run_prepare(case, "out_count", capsys=capsys)
+    prepared = report["prepared"]["num_source_images"]
+    files = len([p for p in photos.iterdir() if p.suffix == ".jpg"])
+    assert prepared < files
+    counts = {}
+    for where in (photos, root / "out_count", root / "out_count" / "images"):
+        rc = main(["check", "--plan", "pro", "--images", str(where), "--profile", str(profile), "--json"])
+        out = json.loads(capsys.readouterr().out)
+        counts[where.name] = (out["images_count"]["count"], out["images_source"], rc)
+    assert counts == {"photos": (prepared, "screened", 3), "out_count": (prepared, "prepared", 3),
+                      "images": (prepared, "prepared", 3)}
+    rc = main(["check", "--plan", "pro", "--images", str(photos), "--profile", str(profile)])
+    text = capsys.readouterr().out
+    assert f"screened: {prepared} of {files} photos would be trained on" in text and "near_duplicate" in text

@@ -371,11 +371,13 @@ def test_near_copy_linked_only_through_another_names_the_photo_it_resembles():
     a = cand(0, "a.jpg", 0, [1, 0, 0, 0], 300)                   # the largest face: kept
     b = cand(1, "b.jpg", 0b111111, [0, 1, 0, 0], 290)             # 6 bits from a
     c = cand(2, "c.jpg", 0b111111 | (0b111111 << 20), [0, 0, 1, 0], 290)  # 6 from b, 12 from a
-    thr = {"phash_max_distance": 8, "near_duplicate_min_cosine": 0.99}
+    thr = {"phash_max_distance": 8, "near_duplicate_min_cosine": 0.99, "same_person_min_cosine": 0.9,
+           "copy_min_score": 0.9}
     _near_duplicates([a, b, c], thr, ScreeningConfig(check_mirrored=False))
     assert (a.code, b.code, c.code) == (None, "near_duplicate", "near_duplicate")
-    assert b.reason.startswith("a near-copy of a.jpg (hash distance 6/64")
-    assert c.reason.startswith("a near-copy of b.jpg (hash distance 6/64") and "a.jpg, the best" in c.reason
+    assert b.reason.startswith("a copy of a.jpg, one shot (surroundings match 0.00, hash distance 6/64")
+    assert c.reason.startswith("a copy of b.jpg, one shot (surroundings match 0.00, hash distance 6/64")
+    assert "a.jpg, the best" in c.reason
     assert c.duplicate_of == "/x/a.jpg"
 
 
@@ -398,3 +400,174 @@ def test_scripted_config_of_the_wrong_type_is_refused(scripted):
     with pytest.raises(InputError) as exc:
         screen_dataset([files["own0.jpg"]], profile, embedder, config={"allow_near_duplicates": True})
     assert exc.value.details["field"] == "config"
+
+
+# --- copies of one shot, other people, no profile (real photos) ------------------------------------
+
+def _jpeg_file(im, path, quality=92):
+    im.convert("RGB").save(path, "JPEG", quality=quality)
+    return path
+
+
+@pytest.fixture(scope="session")
+def copies_case(shared_faces, analyzed, tmp_path_factory):
+    """Angelina's img2 and copies of it a user might upload beside it."""
+    from PIL import ImageOps
+
+    people = shared_faces / "people" / "angelina"
+    src = Image.open(people / "img2.jpg").convert("RGB")
+    (face,) = analyzed([people / "img2.jpg"])[0]
+    x0, y0, x1, y1 = face.bbox
+    fw, cx, cy = x1 - x0, (x0 + x1) / 2, (y0 + y1) / 2
+    tmp = tmp_path_factory.mktemp("copies")
+    w, h = src.size
+    boxed = Image.new("RGB", (round(h * 16 / 9), h))
+    boxed.paste(src, ((boxed.width - w) // 2, 0))
+    padded = Image.new("RGB", (w + 200, h + 200), (255, 255, 255))
+    padded.paste(src, (100, 100))
+    copies = {
+        "tight.jpg": src.crop((int(cx - 0.9 * fw), int(cy - fw), int(cx + 0.9 * fw), int(cy + fw))),
+        "crop.jpg": src.crop((int(max(0, cx - 1.3 * fw)), int(max(0, cy - 1.2 * fw)), int(min(w, cx + 1.3 * fw)),
+                              int(min(h, cy + 1.6 * fw)))),
+        "partial.jpg": src.crop((int(cx - 0.15 * fw), int(max(0, cy - 1.5 * fw)), int(min(w, cx + 2 * fw)),
+                                 int(min(h, cy + 1.6 * fw)))),
+        "letterbox.jpg": boxed,
+        "padded.jpg": padded,
+        "half.jpg": src.resize((w // 2, h // 2), Image.LANCZOS),
+        "colour.jpg": ImageEnhance.Color(ImageEnhance.Brightness(src).enhance(1.25)).enhance(0.4),
+        "mirror.jpg": ImageOps.mirror(src),
+    }
+    paths = {name: _jpeg_file(im, tmp / name) for name, im in copies.items()}
+    return people / "img2.jpg", paths, face
+
+
+@pytest.mark.shared_faces
+def test_copies_of_one_shot_are_rejected_and_the_original_kept(shared_faces, copies_case, embedder, analyzed,
+                                                                profile_of):
+    original, copies, _ = copies_case
+    people = shared_faces / "people" / "angelina"
+    profile = profile_of([people / n for n in ("img1.jpg", "img4.jpg", "img5.jpg")])
+    others = [people / n for n in ("img1.jpg", "img6.jpg", "img7.jpg")]
+    report = screen([original, *copies.values(), *others], profile, embedder, analyzed)
+    codes = {Path(s.source).name: s.code for s in report.images}
+    assert codes.pop("img2.jpg") is None
+    assert all(codes.pop(p.name) is None for p in others), codes
+    partial = codes.pop("partial.jpg")
+    assert partial in ("near_duplicate", "face_cut_off", "no_face")
+    assert codes == {name: "near_duplicate" for name in copies if name != "partial.jpg"}
+    for name in ("tight.jpg", "letterbox.jpg", "mirror.jpg"):
+        s = report.by_source(name)
+        assert s.duplicate_of == str(original) and "one shot" in s.reason
+        assert s.metrics["near_duplicate"]["region_score"] >= 0.9
+    assert report.by_source("mirror.jpg").metrics["near_duplicate"]["mirrored"]
+    # a global hash could not see the re-framed copies: they are far apart on it
+    assert report.by_source("tight.jpg").metrics["near_duplicate"]["phash_distance"] > 8
+
+
+@pytest.mark.shared_faces
+def test_letterboxed_photo_is_measured_and_cropped_without_its_bars(copies_case, embedder, analyzed, tmp_path):
+    from persona_ml.dataset.manifest import load_prepared
+    from persona_ml.dataset.prepare import prepare_dataset
+
+    original, copies, _ = copies_case
+    report = screen([copies["letterbox.jpg"]], None, embedder, analyzed)
+    (s,) = report.images
+    assert s.accepted and "borders_trimmed" in [w["code"] for w in s.warnings]
+    bar = (Image.open(copies["letterbox.jpg"]).width - Image.open(original).width) // 2
+    assert s.content_box[0] >= bar and s.content_box[2] <= Image.open(copies["letterbox.jpg"]).width - bar
+    prepare_dataset(report, tmp_path / "prep", trigger="ohwx")
+    ds = load_prepared(tmp_path / "prep")
+    assert ds.items
+    for it in ds.items:
+        assert it.crop[0] >= bar and it.crop[2] <= s.content_box[2]
+        arr = np.asarray(Image.open(ds.path(it.image)).convert("L"), np.float32)
+        assert arr[:, :4].std() > 3 and arr[:, -4:].std() > 3  # no flat black columns at either side
+
+
+@pytest.mark.shared_faces
+def test_a_smaller_second_person_is_another_person_in_the_shot(shared_faces, embedder, tmp_path, profile_of):
+    people = shared_faces / "people" / "angelina"
+    src = Image.open(people / "img2.jpg").convert("RGB")
+    (face,) = embedder.analyze_one(people / "img2.jpg")
+    donor_path = shared_faces / "people" / "deepface_p13" / "img13.jpg"
+    donor = Image.open(donor_path).convert("RGB")
+    (dface,) = embedder.analyze_one(donor_path)
+    dx0, dy0, dx1, dy1 = dface.bbox
+    dw = dx1 - dx0
+    patch = donor.crop((int(dx0 - 0.4 * dw), int(dy0 - 0.5 * dw), int(dx1 + 0.4 * dw), int(dy1 + 0.4 * dw)))
+    x0, y0, x1, y1 = face.bbox
+    scale = 0.5 * (x1 - x0) / dw
+    patch = patch.resize((round(patch.width * scale), round(patch.height * scale)), Image.LANCZOS)
+    out = src.copy()
+    out.paste(patch, (int(x1 + 0.3 * (x1 - x0)), int(y0)))
+    path = _jpeg_file(out, tmp_path / "two_people.jpg")
+    profile = profile_of([people / n for n in ("img1.jpg", "img4.jpg", "img5.jpg")])
+    report = screen_dataset([path], profile, embedder)
+    (s,) = report.images
+    assert s.code == "other_people", (s.code, s.reason, s.metrics.get("other_faces"))
+    seen = [o for o in s.metrics["other_faces"] if o["fraction"] >= 0.35]
+    assert seen and 0.4 <= seen[0]["fraction"] <= 0.65
+    ox0, oy0, ox1, oy1 = seen[0]["bbox"]
+    assert ox0 > x1 and "another person is in the shot" in s.reason and f"{ox0:.0f}" in s.reason
+    # the old rule (similar size only, 0.7) let it through with a warning
+    old = screen_dataset([path], profile, embedder, config=ScreeningConfig(other_face_min_fraction=0.7,
+                                                                           second_pass="off"))
+    assert old.images[0].code != "other_people"
+
+
+@pytest.mark.shared_faces
+def test_without_a_profile_the_set_keeps_its_majority_person(shared_faces, embedder, analyzed):
+    ang = shared_faces / "people" / "angelina"
+    own = [ang / n for n in ("img1.jpg", "img2.jpg", "img4.jpg", "img6.jpg")]
+    stranger = shared_faces / "people" / "deepface_p08" / "img8.jpg"
+    report = screen([*own, stranger], None, embedder, analyzed)
+    assert [s.code for s in report.images] == [None, None, None, None, "identity_minority"]
+    assert "not the person 4 of the set's photos show" in report.images[-1].reason
+    assert [w["code"] for w in report.warnings] == ["identity_from_set"]
+    p08 = sorted((shared_faces / "people" / "deepface_p08").glob("img*.jpg"))[:2]
+    tie = screen([*own[:2], *p08], None, embedder, analyzed)
+    assert {s.code for s in tie.images} == {"identity_unclear"} and not tie.accepted
+    off = screen([*own, stranger], None, embedder, analyzed, cluster_without_profile=False)
+    assert off.images[-1].accepted and [w["code"] for w in off.warnings] == ["identity_not_checked"]
+
+
+def test_scripted_set_without_profile_keeps_its_majority_person(scripted):
+    # photos of other people used to be prepared with "0 issues" when no profile was given
+    embedder, _, files = scripted
+    names = ["own0.jpg", "own1.jpg", "own2.jpg", "own3.jpg", "stranger.jpg"]
+    report = screen_dataset([files[n] for n in names], None, embedder)
+    assert [s.code for s in report.images] == [None, None, None, None, "identity_minority"]
+    assert report.images[0].metrics["set_cluster"] == {"cluster": 0, "size": 4, "clusters": 2}
+    tie = screen_dataset([files[n] for n in ("own0.jpg", "stranger.jpg")], None, embedder)
+    assert [s.code for s in tie.images] == ["identity_unclear", "identity_unclear"]
+
+
+@pytest.mark.shared_faces
+def test_second_pass_finds_a_person_the_first_pass_was_too_coarse_to_see(shared_faces, embedder, tmp_path):
+    # a big photo with a modest main face: the first HOG pass runs downscaled and cannot see a
+    # second face of 0.4x the main one; the finer second pass does
+    rng = np.random.default_rng(0)
+    canvas = Image.fromarray((110 + 25 * rng.standard_normal((1800, 2400, 3))).clip(0, 255).astype(np.uint8))
+    canvas = canvas.filter(ImageFilter.GaussianBlur(2))
+    main = Image.open(shared_faces / "people" / "angelina" / "img10.jpg").convert("RGB")
+    canvas.paste(main, (700, 600))
+    donor_path = shared_faces / "people" / "deepface_p13" / "img13.jpg"
+    (dface,) = embedder.analyze_one(donor_path)
+    dx0, dy0, dx1, dy1 = dface.bbox
+    dw = dx1 - dx0
+    donor = Image.open(donor_path).convert("RGB").crop((int(dx0 - 0.5 * dw), int(dy0 - 0.6 * dw), int(dx1 + 0.5 * dw),
+                                                       int(dy1 + 0.5 * dw)))
+    main_face = max(embedder.analyze_one(main), key=lambda f: f.face_size).face_size
+    scale = 0.42 * main_face / dw
+    donor = donor.resize((round(donor.width * scale), round(donor.height * scale)), Image.LANCZOS)
+    canvas.paste(donor, (1300, 700))
+    path = _jpeg_file(canvas, tmp_path / "party.jpg")
+    first = embedder.analyze_one(path)
+    assert len(first) == 1  # the first pass sees only the main face
+    report = screen_dataset([path], None, embedder)
+    (s,) = report.images
+    assert s.code == "other_people", (s.code, s.reason)
+    assert s.metrics["second_pass"]["hog_fine"]["min_face_px"] < first[0].extra["detect_scale"] ** -1 * 80
+    assert any(o["detector"] == "second pass (hog)" for o in s.metrics["other_faces"])
+    off = screen_dataset([path], None, embedder, config=ScreeningConfig(second_pass="off"))
+    assert off.images[0].accepted

@@ -362,3 +362,19 @@ def test_to_dict_is_json_ready():
     # the cancelled mix is also silent: both are reported, each with its own figures
     assert d["format"] == "flac" and {w["code"] for w in d["warnings"]} == {"channels_cancel", "silence"}
     assert "samples" not in d and d["stats"]["peak"] > 0
+
+
+def test_a_folder_or_fifo_is_not_an_audio_file(tmp_path):
+    import os
+
+    with pytest.raises(AudioError) as ei:
+        load_audio(tmp_path)
+    assert errcode(ei) == "path_invalid" and ei.value.details["reason"] == "not_a_file"
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError) as ei:  # refused without blocking on the pipe
+        load_audio(fifo)
+    assert errcode(ei) == "path_invalid" and "FIFO" in str(ei.value)
+    with pytest.raises(AudioError) as ei:
+        load_audio(tmp_path / ("x" * 300 + ".wav"))
+    assert errcode(ei) == "path_invalid"

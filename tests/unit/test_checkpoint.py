@@ -81,7 +81,7 @@ def test_corrupt_checkpoint_is_a_coded_error(tmp_path):
     (path / "adapter.safetensors").write_bytes(b"garbage")
     with pytest.raises(TrainingError) as err:
         load_checkpoint(path)
-    assert err.value.code == "checkpoint_invalid"
+    assert err.value.code == "checkpoint_damaged" and err.value.details["field"] == "adapter.safetensors"
 
 
 def test_cache_keys_separate_models_sizes_and_captions_and_corrupt_entries_are_misses(tmp_path):

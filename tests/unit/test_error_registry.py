@@ -13,11 +13,42 @@ from persona_ml import errors
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "persona_ml"
+# every place that may construct an error: the package and the entry-point scripts users run
+SOURCES = (PACKAGE, ROOT / "scripts")
 
 
 def _error_classes() -> dict[str, type]:
     return {name: obj for name, obj in vars(errors).items()
             if isinstance(obj, type) and issubclass(obj, errors.PersonaMLError)}
+
+
+def _source_files() -> list[Path]:
+    return sorted(p for root in SOURCES if root.is_dir() for p in root.rglob("*.py"))
+
+
+def _class_codes() -> dict[str, str]:
+    """Error class name -> its default code, for the classes of persona_ml.errors and for every
+    subclass defined anywhere else in the sources (found in the AST, so an error class added in
+    another module cannot escape the checks)."""
+    codes = {name: cls.code for name, cls in _error_classes().items()}
+    defs = []
+    for path in _source_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", None) for b in node.bases]
+                own = next((st.value.value for st in node.body if isinstance(st, ast.Assign)
+                            and any(isinstance(t, ast.Name) and t.id == "code" for t in st.targets)
+                            and isinstance(st.value, ast.Constant)), None)
+                defs.append((node.name, bases, own))
+    changed = True
+    while changed:  # subclasses of subclasses
+        changed = False
+        for name, bases, own in defs:
+            parent = next((b for b in bases if b in codes), None)
+            if parent is not None and name not in codes:
+                codes[name] = own if own is not None else codes[parent]
+                changed = True
+    return codes
 
 
 def _string_values(node: ast.AST, func: ast.AST) -> list[str] | None:
@@ -41,23 +72,26 @@ def _string_values(node: ast.AST, func: ast.AST) -> list[str] | None:
 
 
 def raised_codes() -> dict[str, list[str]]:
-    """code -> ["path:line", ...] for every construction of a PersonaMLError subclass in the package."""
-    classes = _error_classes()
+    """code -> ["path:line", ...] for every construction of a PersonaMLError subclass in the sources
+    (also through an import alias: ``from persona_ml.errors import InputError as Bad``)."""
+    class_codes = _class_codes()
     out: dict[str, list[str]] = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in _source_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {a.asname: a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                   for a in n.names if a.asname and a.name in class_codes}
         funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
         for call in ast.walk(tree):
             if not isinstance(call, ast.Call):
                 continue
             name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
-            cls = classes.get(name or "")
-            if cls is None:
+            name = aliases.get(name or "", name)
+            if name not in class_codes:
                 continue
             where = f"{path.relative_to(ROOT)}:{call.lineno}"
             kw = next((k for k in call.keywords if k.arg == "code"), None)
             if kw is None:
-                codes = [cls.code]
+                codes = [class_codes[name]]
             else:
                 enclosing = [f for f in funcs if f.lineno <= call.lineno <= (f.end_lineno or f.lineno)]
                 codes = _string_values(kw.value, enclosing[-1] if enclosing else None)
@@ -113,6 +147,23 @@ def test_an_undeclared_code_is_recorded(caplog):
     assert err.code == "no_such_code_anywhere" and err.http_status == 400
     assert errors.UNDECLARED_CODES_SEEN[before:] == ["no_such_code_anywhere"]
     del errors.UNDECLARED_CODES_SEEN[before:]  # keep the conftest guard quiet for this deliberate case
+
+
+def test_the_scan_sees_aliases_and_subclasses_defined_elsewhere(tmp_path, monkeypatch):
+    """The static checks would miss an error raised through an alias or a subclass in another module."""
+    pkg = tmp_path / "persona_ml"
+    pkg.mkdir()
+    (pkg / "extra.py").write_text(
+        "from persona_ml.errors import InputError as Bad, PersonaMLError\n"
+        "class WidgetError(PersonaMLError):\n    code = 'widget_broken'\n"
+        "class SubWidgetError(WidgetError):\n    pass\n"
+        "def f():\n    raise Bad('x', code='alias_code')\n"
+        "def g():\n    raise SubWidgetError('y')\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    monkeypatch.setitem(globals(), "SOURCES", (pkg,))
+    found = raised_codes()
+    assert found["alias_code"] == ["persona_ml/extra.py:7"]
+    assert found["widget_broken"] == ["persona_ml/extra.py:9"]
 
 
 def test_declaring_a_code_twice_is_refused():

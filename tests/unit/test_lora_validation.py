@@ -55,9 +55,32 @@ def test_good_lora_is_canonical_with_scaling_folded(env):
     assert v.format == "diffusers" and v.rank == 4 and v.base_fingerprint == FP and v.base_model == "tiny-flux"
     raw = load_file(str(good.diffusers_path))
     m = "transformer_blocks.0.attn.to_q"
-    # alpha 8 / rank 4 = scale 2 folded into B
-    assert torch.allclose(v.state_dict[f"{m}.lora_B.weight"], 2 * raw[f"transformer.{m}.lora_B.weight"])
+    # the export already folds alpha 8 / rank 4 into B (lora_alpha == r in its header): nothing left to fold
+    assert torch.equal(v.state_dict[f"{m}.lora_B.weight"], raw[f"transformer.{m}.lora_B.weight"])
     assert len(v.target_modules) == 4 and v.nbytes > 0
+
+
+def test_a_header_scale_is_folded_into_b(env, tmp_path):
+    """A diffusers file that keeps alpha != r in lora_adapter_metadata (as PEFT saves it)."""
+    import json
+
+    modules, good, _ = env
+    m = "transformer_blocks.0.attn.to_q"
+
+    def halve(sd):
+        for k in sd:
+            if k.endswith("lora_B.weight"):
+                sd[k] = sd[k] / 2
+
+    def alpha8(meta):
+        cfg = json.loads(meta["lora_adapter_metadata"])
+        cfg["transformer.lora_alpha"] = 8.0
+        meta["lora_adapter_metadata"] = json.dumps(cfg)
+
+    path = _rewrite(good.diffusers_path, tmp_path / "peft_style.safetensors", halve, alpha8)
+    v = validate_lora(path, modules, base_fingerprint=FP, max_rank=16)
+    raw = load_file(str(path))
+    assert torch.allclose(v.state_dict[f"{m}.lora_B.weight"], 2 * raw[f"transformer.{m}.lora_B.weight"])
 
 
 def test_wrong_base_fingerprint(env):

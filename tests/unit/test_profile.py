@@ -76,12 +76,37 @@ def test_adding_one_reference_equals_rebuilding(people):
     assert grown.fingerprint == rebuilt.fingerprint
 
 
+def _write_v1_pair(profile: FaceProfile, base):
+    """A profile as persona_ml wrote it before format 2: NAME.safetensors + NAME.json (tensors' sha256)."""
+    import hashlib
+
+    from safetensors.numpy import save as st_save
+
+    blob = st_save({"centroid": profile.centroid, "embeddings": profile.embeddings,
+                    "reference_scores": profile.reference_scores}, metadata={"kind": "persona_ml.face_profile",
+                                                                             "format_version": "1"})
+    meta = {"kind": "persona_ml.face_profile", "format_version": 1, "created_by": profile.created_by,
+            "fingerprint": profile.fingerprint, "image_sha256s": list(profile.image_sha256s),
+            "outliers": list(profile.outliers), "provenance": profile.provenance.to_dict(),
+            "thresholds": profile.thresholds.to_dict(), "tensors_file": base.name + ".safetensors",
+            "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    base.with_name(base.name + ".safetensors").write_bytes(blob)
+    base.with_name(base.name + ".json").write_text(json.dumps(meta))
+
+
+def _meta_of(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        return json.loads(fh.metadata()["persona_ml.face_profile"])
+
+
 def test_save_load_round_trip(tmp_path, people):
     alice, (bob,) = people
     profile = build_profile(alice + [bob], THR)
     base = profile.save(tmp_path / "chars" / "ada" / "face.json")
     assert base == tmp_path / "chars" / "ada" / "face"
-    assert sorted(p.name for p in base.parent.iterdir()) == ["face.json", "face.safetensors"]  # no temp files
+    assert sorted(p.name for p in base.parent.iterdir()) == ["face.safetensors"]  # one file, no temp files
     for form in (base, str(base) + ".json", str(base) + ".safetensors"):
         loaded = load_profile(form)
         assert loaded.fingerprint == profile.fingerprint
@@ -90,8 +115,19 @@ def test_save_load_round_trip(tmp_path, people):
         assert loaded.outliers == profile.outliers and loaded.image_sha256s == profile.image_sha256s
         assert loaded.provenance == profile.provenance and loaded.thresholds == THR
         assert loaded.format_version == PROFILE_FORMAT_VERSION and loaded.created_by.startswith("persona_ml ")
-    meta = json.loads((tmp_path / "chars" / "ada" / "face.json").read_text())
-    assert meta["provenance"]["fingerprint"] == PROV.fingerprint
+    meta = _meta_of(base.with_name("face.safetensors"))
+    assert meta["provenance"]["fingerprint"] == PROV.fingerprint and meta["format_version"] == 2
+
+
+def test_format_1_pairs_still_load_and_saving_over_one_removes_the_stale_json(tmp_path, people):
+    alice, (bob,) = people
+    profile = build_profile(alice + [bob], THR)
+    _write_v1_pair(profile, tmp_path / "old")
+    loaded = load_profile(tmp_path / "old")
+    assert loaded.fingerprint == profile.fingerprint and loaded.outliers == profile.outliers
+    loaded.save(tmp_path / "old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors"]
+    assert load_profile(tmp_path / "old").fingerprint == profile.fingerprint
 
 
 def test_load_detects_damage(tmp_path, people):
@@ -101,23 +137,42 @@ def test_load_detects_damage(tmp_path, people):
         load_profile(tmp_path / "missing")
     assert info.value.code == "profile_not_found"
 
-    other = build_profile(alice[:3], THR).save(tmp_path / "q")
-    (tmp_path / "p.safetensors").write_bytes((tmp_path / "q.safetensors").read_bytes())  # mismatched pair
+    # format 1: a mismatched pair, a newer version, broken JSON, a missing half
+    _write_v1_pair(build_profile(alice[:3], THR), tmp_path / "q")
+    _write_v1_pair(build_profile(alice[:4], THR), tmp_path / "r")
+    (tmp_path / "q.safetensors").write_bytes((tmp_path / "r.safetensors").read_bytes())
     with pytest.raises(ArtifactError) as info:
-        load_profile(base)
+        load_profile(tmp_path / "q")
     assert info.value.code == "profile_corrupt"
 
-    meta = json.loads((tmp_path / "q.json").read_text())
-    meta["format_version"] = PROFILE_FORMAT_VERSION + 1
-    (tmp_path / "q.json").write_text(json.dumps(meta))
+    meta = json.loads((tmp_path / "r.json").read_text())
+    meta["format_version"] = 2
+    (tmp_path / "r.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError) as info:
-        load_profile(other)
+        load_profile(tmp_path / "r")
     assert info.value.code == "profile_format_unknown"
 
-    (tmp_path / "q.json").write_text("{not json")
+    (tmp_path / "r.json").write_text("{not json")
     with pytest.raises(ArtifactError) as info:
-        load_profile(other)
+        load_profile(tmp_path / "r")
     assert info.value.code == "profile_corrupt"
+
+    (tmp_path / "r.safetensors").unlink()
+    _write_v1_pair(build_profile(alice[:4], THR), tmp_path / "s")
+    (tmp_path / "s.safetensors").unlink()
+    with pytest.raises(ArtifactError) as info:
+        load_profile(tmp_path / "s")
+    assert info.value.code == "profile_corrupt"  # half a pair is damage, not "no profile"
+
+    # format 2: a flipped bit anywhere in the arrays (the last bytes are reference_scores) is caught
+    good = (tmp_path / "p.safetensors").read_bytes()
+    for offset in (-5, -len(good) // 3):
+        raw = bytearray(good)
+        raw[offset] ^= 0x40
+        (tmp_path / "p.safetensors").write_bytes(bytes(raw))
+        with pytest.raises(ArtifactError) as info:
+            load_profile(base)
+        assert info.value.code == "profile_corrupt"
 
 
 def test_load_refuses_an_unreadable_tensors_file_even_when_its_hash_is_recorded(tmp_path, people):
@@ -125,14 +180,14 @@ def test_load_refuses_an_unreadable_tensors_file_even_when_its_hash_is_recorded(
     import hashlib
 
     alice, _ = people
-    base = build_profile(alice, THR).save(tmp_path / "p")
+    _write_v1_pair(build_profile(alice, THR), tmp_path / "p")
     junk = b"not a safetensors file"
     (tmp_path / "p.safetensors").write_bytes(junk)
     meta = json.loads((tmp_path / "p.json").read_text())
     meta["tensors_sha256"] = hashlib.sha256(junk).hexdigest()
     (tmp_path / "p.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError) as info:
-        load_profile(base)
+        load_profile(tmp_path / "p")
     assert info.value.code == "profile_corrupt"
 
 
@@ -165,9 +220,12 @@ def test_single_and_two_reference_profiles(people):
     assert one.to_summary()["references"][0]["score"] is None
     json.dumps(one.to_summary())  # JSON-ready despite the NaN score
     assert np.allclose(one.centroid, alice[0].embedding)
-    # with two references the pairwise cut applies, and disagreeing ones are both flagged
+    # with two references the pairwise cut applies; disagreeing ones cannot be decided (which one
+    # is the intruder?): neither is flagged, both are reported undecided
     assert build_profile(alice[:2], THR).outliers == ()
-    assert build_profile([alice[0], bob], THR).outliers == (0, 1)
+    two = build_profile([alice[0], bob], THR)
+    assert two.outliers == () and two.undecided == (0, 1) and two.outlier_rule == "pairwise"
+    assert two.to_summary()["undecided"] == [0, 1]
 
 
 def test_near_duplicates_are_reported(people):
@@ -310,3 +368,18 @@ def test_embedder_isolates_a_failing_image_and_sorts_faces_by_area():
         FaceEmbedder(Broken()).analyze([grey])
     with pytest.raises(InputError):
         embedder.analyze(grey)  # one image is not a sequence of images
+
+
+def test_three_references_decide_pairwise(people):
+    # two genuine references and an intruder: the intruder matches neither, the genuine pair
+    # matches; with a centroid of two (one of them the intruder) genuine ones used to be flagged
+    alice, (bob,) = people
+    three = build_profile([alice[0], bob, alice[1]], THR)
+    assert three.outliers == (1,) and three.undecided == () and three.outlier_rule == "pairwise"
+    assert build_profile(alice[:3], THR).outliers == ()
+    # nobody matches anybody: cannot decide, nothing flagged
+    rng = np.random.default_rng(3)
+    strangers = [_obs(rng.standard_normal(DIM), f"s{i}") for i in range(3)]
+    lost = build_profile(strangers, THR)
+    assert lost.outliers == () and lost.undecided == (0, 1, 2)
+    assert build_profile(alice[:4], THR).outlier_rule == "leave_one_out"

@@ -205,7 +205,9 @@ def test_cli_check_violations_exit_3(capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert rc == 3
     assert [v["code"] for v in out["violations"]] == ["plan_not_allowed", "too_few_images", "steps_too_high"]
-    assert out["request"]["num_images"] == 9
+    # a raw folder is screened, not counted: nine files that are not photos give no training image
+    assert out["request"]["num_images"] == 0 and out["images_source"] == "screened"
+    assert out["images_count"]["files"] == 9 and sum(out["images_count"]["left_out"].values()) == 9
 
 
 def test_cli_check_text_output(capsys):

@@ -80,3 +80,15 @@ def test_flux_shift_moves_noise_levels_up_for_bigger_images():
     assert bool((large > small).all()) and float(large.mean()) > float(small.mean()) + 0.05
     plain = sample_sigmas(NoiseConfig(timestep_sampling="sigmoid"), 4000, 4096, torch.Generator().manual_seed(0))
     assert float(plain.mean()) == pytest.approx(0.5, abs=0.02)                  # logit-normal, no shift
+
+
+def test_memory_tier_presets_differ_from_the_bf16_preset_only_in_the_base_quantization():
+    base = load_train_config("persona-flux-dev").to_dict()
+    for name, scheme in (("persona-flux-dev-24gb", "int8-weight-only"), ("persona-flux-dev-16gb", "nf4")):
+        tier = load_train_config(name).to_dict()
+        assert tier.pop("quantization") == scheme and base["quantization"] == "none"
+        assert tier == {k: v for k, v in base.items() if k != "quantization"}, name
+        assert tier["rules"]["mode"] == "enforce"   # a preset never opts out of the platform's rules
+    with pytest.raises(ConfigError) as err:
+        load_train_config("persona-flux-dev", ["quantization=int4"])
+    assert err.value.details["field"] == "quantization"
