@@ -237,7 +237,7 @@ _declare(400, {
 })
 
 _declare(500, {
-    "backend_error": "a library or model backend failed on valid input (a fault of ours, not the caller's)",
+    "backend_error": "a library or model backend failed on valid input (a fault of ours, not the caller's; cause chained)",
 })
 
 # images
@@ -332,6 +332,7 @@ _declare(422, {
     "lora_rank_too_large": "the LoRA's rank is above the generator's slot",
     "lora_shape_mismatch": "a LoRA tensor's shape does not fit its module",
     "lora_unused_keys": "keys that no module of the base model would use",
+    "ip_adapter_invalid": "the IP-Adapter weights or image encoder are not usable safetensors files (pickles refused)",
 })
 _declare(400, {
     "base_has_adapters": "the base pipeline already holds adapters",
