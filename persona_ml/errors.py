@@ -83,13 +83,18 @@ class PersonaMLError(Exception):
         """JSON-ready form: ``{"code", "message", "details"}``."""
         return {"code": self.code, "message": self.message, "details": jsonable(self.details)}
 
-    def __reduce__(self):  # keep code/details across multiprocessing pickling
-        return (_rebuild, (type(self), self.message, self.code, self.details))
+    def __reduce__(self):  # keep code, details and a subclass's own state (violations) across pickling
+        state = {k: v for k, v in self.__dict__.items() if k not in _BASE_STATE}
+        return (_rebuild, (type(self), self.message, self.code, self.details, state))
 
 
-def _rebuild(cls, message, code, details):
+_BASE_STATE = frozenset({"code", "http_status", "message", "details"})
+
+
+def _rebuild(cls, message, code, details, state=None):
     err = cls.__new__(cls)
     PersonaMLError.__init__(err, message, code=code, **details)
+    err.__dict__.update(state or {})
     return err
 
 

@@ -248,3 +248,27 @@ def test_pipeline_and_slot_faults_are_backend_errors_and_nothing_is_half_loaded(
     monkeypatch.undo()
     # the slot was marked empty: A is copied in again, in full, and renders as before
     assert np.array_equal(np.asarray(gen.generate(req).images[0].image), ref)
+
+
+def test_video_identity_and_face_track_report_a_backend_crash_not_a_lost_face(crashing_dlib, photos):
+    """A crash on every frame must not read as ``face_lost`` (identity report) or ``no_face`` (driving video)."""
+    from PIL import Image
+
+    from persona_ml.faces import FaceEmbedder
+    from persona_ml.faces.api import build_profile
+    from persona_ml.video.identity import score_video
+    from persona_ml.video.motion import face_boxes
+
+    good, _ = photos
+    emb = FaceEmbedder("dlib")
+    profile = build_profile([emb.embed_primary(good)])
+    frame = np.asarray(Image.open(good).convert("RGB").resize((192, 192)))
+    frames = np.stack([frame] * 6)
+    assert score_video(frames, 24.0, profile, emb).passed  # the same frames score fine before the fault
+
+    emb.impl._crash_all = True
+    with pytest.raises(BackendError) as exc:
+        score_video(frames, 24.0, profile, emb)
+    assert isinstance(exc.value.__cause__, _Crash)
+    with pytest.raises(BackendError):
+        face_boxes(frames, emb)
