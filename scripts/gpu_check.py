@@ -532,10 +532,8 @@ def _video_need_bytes(ctx: dict, name: str) -> float:
     from persona_ml.video import real_size
 
     weights = ctx.setdefault("video_weights", {})
-    if name not in weights:   # counted on the meta device: nothing allocated
-        counts = (real_size.ltx2_dfr_param_counts() if name == "video:talking-head"
-                  else real_size.wan_animate_param_counts())
-        weights[name] = 2 * sum(counts.values())   # bf16
+    counts = real_size.LTX2_DFR_PARAMS if name == "video:talking-head" else real_size.WAN_ANIMATE_PARAMS
+    weights[name] = 2 * sum(counts.values())   # bf16
     return weights[name] + VIDEO_WORKING_GIB[name] * 2**30
 
 

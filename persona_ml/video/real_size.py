@@ -3,8 +3,9 @@
 For speed and memory checks (``scripts/gpu_check.py``): weight values do not change either, so a
 pipeline whose every component has the published configuration measures what the real one costs.
 Each component is born on the device in the target dtype (no fp32 copy on the host), one at a
-time, in eval mode. ``*_param_counts()`` counts parameters on the ``meta`` device (no memory), so
-a caller can refuse a card that cannot hold the weights before allocating anything.
+time, in eval mode. ``LTX2_DFR_PARAMS`` / ``WAN_ANIMATE_PARAMS`` are their parameter counts (the
+builders on the ``meta`` device give them, which the tests check), so a caller can refuse a card that
+cannot hold the weights before allocating anything.
 
 Where the configurations come from (diffusers' own conversion scripts, the values they write):
 
@@ -93,6 +94,13 @@ CLIP_VIT_H_14 = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_lay
                  "image_size": 224, "patch_size": 14, "projection_dim": 1024, "hidden_act": "gelu"}
 
 
+# parameters per component of the pipelines below (tests/unit/test_video_real_size.py counts them on meta)
+LTX2_DFR_PARAMS = {"transformer": 18_987_859_200, "text_encoder": 12_202_563_392, "connectors": 3_172_227_584,
+                   "vae": 726_105_969, "audio_vae": 53_248_146, "vocoder": 128_537_448}
+WAN_ANIMATE_PARAMS = {"transformer": 17_274_816_884, "text_encoder": 5_680_910_336, "image_encoder": 630_766_080,
+                      "vae": 126_892_531}
+
+
 def _ltx_builders() -> dict[str, Any]:
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
@@ -120,28 +128,6 @@ def _wan_builders() -> dict[str, Any]:
         "image_encoder": lambda: CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_H_14)),
         "vae": lambda: AutoencoderKLWan(),
     }
-
-
-def _count(builders: dict[str, Any]) -> dict[str, int]:
-    import torch
-
-    out = {}
-    for name, build in builders.items():
-        with torch.device("meta"):
-            module = build()
-        out[name] = int(sum(p.numel() for p in module.parameters()))
-        del module
-    return out
-
-
-def ltx2_dfr_param_counts() -> dict[str, int]:
-    """Parameters per component of the real-size LTX-2.5 DFR pipeline, counted on ``meta`` (no memory)."""
-    return _count(_ltx_builders())
-
-
-def wan_animate_param_counts() -> dict[str, int]:
-    """Parameters per component of the real-size Wan2.2-Animate-14B pipeline, counted on ``meta``."""
-    return _count(_wan_builders())
 
 
 def _build(builders: dict[str, Any], device: str, dtype: Any, seed: int) -> dict[str, Any]:

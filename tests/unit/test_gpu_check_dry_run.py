@@ -150,6 +150,18 @@ def test_a_phase_may_skip_itself_once_running(load_gpu_check, tmp_path):
                                   "kind": "unsupported"}]
 
 
+def test_a_card_too_small_for_a_video_model_is_skipped_with_the_sizes(load_gpu_check, tmp_path):
+    import dataclasses
+
+    m = load_gpu_check()
+    ctx = {"plan": dataclasses.replace(_plan(m, tmp_path), device="cuda"), "report": {"device_total_mem_gib": 24.0}}
+    why = m._video_supported("video:talking-head")(ctx)
+    assert why == "needs about 78 GiB (weights 66 GiB + 12 GiB working memory); the device has 24 GiB"
+    assert m._video_supported("video:motion")(ctx).startswith("needs about 68 GiB (weights 44 GiB")
+    ctx["report"]["device_total_mem_gib"] = 139.8   # an H200 holds either (one at a time)
+    assert m._video_supported("video:talking-head")(ctx) is None and m._video_supported("video:motion")(ctx) is None
+
+
 def test_a_video_run_past_its_deadline_is_cancelled_through_the_job_and_says_so(load_gpu_check, tmp_path):
     m = load_gpu_check()
     from persona_ml.video.talking_head import GeneratedVideo, TalkingHeadSettings

@@ -22,7 +22,7 @@ def test_real_size_pipelines_assemble_with_the_published_sizes():
               if hasattr(v, "parameters")}
     assert 18.5 < params["transformer"] < 19.5        # LTX-2's 19B joint audio-video DiT
     assert 11.5 < params["text_encoder"] < 12.5       # the Gemma-3-12B stand-in
-    assert real_size.ltx2_dfr_param_counts() == {k: round(v * 1e9) for k, v in params.items()}
+    assert {k: round(v * 1e9) for k, v in params.items()} == real_size.LTX2_DFR_PARAMS   # gpu_check sizes cards by it
 
     wan = real_size.build_wan_animate_pipeline_real_size("meta")
     assert type(wan).__name__ == "WanAnimatePipeline" and wan.transformer.config.motion_encoder_size == 512
@@ -31,4 +31,6 @@ def test_real_size_pipelines_assemble_with_the_published_sizes():
     assert 5.5 < sum(p.numel() for p in wan.text_encoder.parameters()) / 1e9 < 5.9   # UMT5-XXL encoder
     # what from_pretrained(torch_dtype=bf16) keeps in float32 stays float32 (the modulation tables)
     assert wan.transformer.scale_shift_table.dtype == torch.float32
+    assert {k: sum(p.numel() for p in v.parameters()) for k, v in wan.components.items()
+            if hasattr(v, "parameters")} == real_size.WAN_ANIMATE_PARAMS
     assert wan.transformer.blocks[0].ffn.net[0].proj.weight.dtype == torch.bfloat16
