@@ -15,6 +15,7 @@ sequential pipeline); the library's one-call path ``screen_dataset(paths, ...)``
 photos in batches of 8 and drops pixels after measuring. Both run in this process.
 
 Usage: python benchmarks/bench_dataset.py [--faces ../shared/faces] [--n 30]
+Printed, and written to benchmarks/results/bench_dataset.txt (``--results``).
 """
 
 from __future__ import annotations
@@ -201,5 +202,33 @@ def main() -> int:
     return 0
 
 
+class _Tee:
+    """stdout that also keeps what was printed, for the results file."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    results = REPO / "benchmarks" / "results" / "bench_dataset.txt"
+    if "--results" in sys.argv:
+        i = sys.argv.index("--results")
+        results = Path(sys.argv[i + 1])
+        del sys.argv[i:i + 2]
+    tee = _Tee(sys.stdout)
+    sys.stdout = tee
+    rc = main()
+    sys.stdout = tee.stream
+    if rc == 0:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text("".join(tee.parts))
+        os.replace(tmp, results)
+    sys.exit(rc)

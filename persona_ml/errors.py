@@ -83,13 +83,18 @@ class PersonaMLError(Exception):
         """JSON-ready form: ``{"code", "message", "details"}``."""
         return {"code": self.code, "message": self.message, "details": jsonable(self.details)}
 
-    def __reduce__(self):  # keep code/details across multiprocessing pickling
-        return (_rebuild, (type(self), self.message, self.code, self.details))
+    def __reduce__(self):  # keep code, details and a subclass's own state (violations) across pickling
+        state = {k: v for k, v in self.__dict__.items() if k not in _BASE_STATE}
+        return (_rebuild, (type(self), self.message, self.code, self.details, state))
 
 
-def _rebuild(cls, message, code, details):
+_BASE_STATE = frozenset({"code", "http_status", "message", "details"})
+
+
+def _rebuild(cls, message, code, details, state=None):
     err = cls.__new__(cls)
     PersonaMLError.__init__(err, message, code=code, **details)
+    err.__dict__.update(state or {})
     return err
 
 
@@ -237,7 +242,7 @@ _declare(400, {
 })
 
 _declare(500, {
-    "backend_error": "a library or model backend failed on valid input (a fault of ours, not the caller's)",
+    "backend_error": "a library or model backend failed on valid input (a fault of ours, not the caller's; cause chained)",
 })
 
 # images
@@ -332,6 +337,7 @@ _declare(422, {
     "lora_rank_too_large": "the LoRA's rank is above the generator's slot",
     "lora_shape_mismatch": "a LoRA tensor's shape does not fit its module",
     "lora_unused_keys": "keys that no module of the base model would use",
+    "ip_adapter_invalid": "the IP-Adapter weights or image encoder are not usable safetensors files (pickles refused)",
 })
 _declare(400, {
     "base_has_adapters": "the base pipeline already holds adapters",

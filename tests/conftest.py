@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ SHARED_FACES = Path(os.environ.get("PERSONA_ML_SHARED_FACES", REPO.parent / "sha
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the base-model weight-hash cache goes to a temp folder, not the user's ~/.cache
+os.environ.setdefault("PERSONA_ML_CACHE_DIR", tempfile.mkdtemp(prefix="persona_ml_test_cache_"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -98,15 +98,18 @@ def _check_out_path(out: Path) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_BAD_INPUT, EXIT_OK
-    from ..errors import PersonaMLError
+    from ..cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK
+    from ..errors import BackendError, PersonaMLError
 
     embedder = _embedder(args)
     paths = _expand(args.images)
-    bad = 0
+    bad = faults = 0
     for path, result in zip(paths, embedder.analyze(paths)):
         if isinstance(result, PersonaMLError):
-            bad += 1
+            if isinstance(result, BackendError):
+                faults += 1  # the backend's fault: exit 1 (internal), not 2 (bad input)
+            else:
+                bad += 1
             record = {"path": path, "error": result.to_dict()}
         else:
             record = {"path": path, "faces": [f.to_dict(with_embedding=args.with_embedding) for f in result]}
@@ -122,12 +125,12 @@ def run_embed(args: argparse.Namespace) -> int:
     if not paths:
         print("no images given", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return EXIT_BAD_INPUT if bad else EXIT_OK
+    return EXIT_INTERNAL if faults else EXIT_BAD_INPUT if bad else EXIT_OK
 
 
 def run_profile(args: argparse.Namespace) -> int:
     from ..cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTLIERS
-    from ..errors import InputError, PersonaMLError
+    from ..errors import BackendError, InputError, PersonaMLError
     from ..faces.profile import FaceProfile
     from ..images import list_images
 
@@ -143,6 +146,8 @@ def run_profile(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             face = embedder.embed_primary(path)
+        except BackendError:  # the backend failed: no profile is built without that photo
+            raise
         except PersonaMLError as exc:
             entries.append({"path": path, "error": exc.to_dict()})
             continue

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from .._files import is_dir_quiet
-from ..errors import FaceError, InputError, PersonaMLError
+from ..errors import BackendError, FaceError, InputError, PersonaMLError
 from ..faces.quality import crop_box, exposure_stats, pose_of, to_gray
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, LoadedImage, list_images, load_image
@@ -231,6 +231,7 @@ def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: Screenin
     Raises:
         InputError: ``images`` is not a folder or a sequence, or ``faces`` does not match it.
         ModelMismatchError: the profile was built with another embedding model.
+        BackendError: the face backend failed on a photo (a fault of ours: no photo is rejected for it).
 
     Example:
         >>> report = screen_dataset("photos/", profile, FaceEmbedder("dlib"))   # doctest: +SKIP
@@ -405,6 +406,8 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
     c.metrics["blockiness"] = round(_blockiness(gray), 4)
     c.metrics["flat_free_area"] = flat_free_area(gray[by0:by1, bx0:bx1])
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
+    if isinstance(result, BackendError):  # the face backend failed: not a verdict on the user's photo
+        raise result
     if isinstance(result, PersonaMLError):
         c.code, c.reason = result.code, result.message
         return
@@ -494,8 +497,14 @@ def _second_pass(c: _Candidate, img: LoadedImage, search: Any, thr: dict, cfg: S
     face = c.face
     extra = face.extra or {}
     min_px = thr["other_face_min_fraction"] * float(face.face_size)
-    result = search(img, [face.bbox, *c.others], min_px, cnn="always" if cfg.second_pass == "always" else "auto",
-                    hints=extra.get("hog_hints") or (), first_pass_scale=extra.get("detect_scale"))
+    try:
+        result = search(img, [face.bbox, *c.others], min_px, cnn="always" if cfg.second_pass == "always" else "auto",
+                        hints=extra.get("hog_hints") or (), first_pass_scale=extra.get("detect_scale"))
+    except PersonaMLError:
+        raise
+    except Exception as exc:  # the detector crashed on a decoded photo: a fault of the backend, not of the photo
+        raise BackendError(f"the second-pass face search failed on {c.source}: {type(exc).__name__}: "
+                           f"{str(exc)[:300]}", stage="second_pass", image=c.source) from exc
     c.metrics["second_pass"] = {name: {"seconds": round(v["seconds"], 3), "min_face_px": round(v["min_face_px"], 1)}
                                 for name, v in result["passes"].items()}
     found = [{"bbox": [round(float(v), 1) for v in f["bbox"]],

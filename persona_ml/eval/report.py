@@ -176,7 +176,9 @@ def evaluate_lora(
 
     Args:
         lora_path: the LoRA file (any format ``CharacterGenerator`` accepts).
-        base: a base-model name, a ``LoadedBaseModel`` or a ready ``CharacterGenerator``.
+        base: a base-model name, a ``LoadedBaseModel`` or a ready ``CharacterGenerator`` (its pipeline
+            and settings are used by a generator of the evaluation's own; the one given is not
+            changed: its characters, cache and face embedder stay as they were).
         out_dir: where ``report.json``, ``contact_sheet.png`` and the plots go.
         profile, embedder: the character's ``FaceProfile`` and a ``FaceEmbedder`` of its model;
             without them images are generated and counted but not scored.
@@ -216,9 +218,12 @@ def evaluate_lora(
         raise InputError(f"out_dir {out} cannot be created: {exc.strerror or exc}", field="out_dir",
                          value=str(out)) from None
     if isinstance(base, CharacterGenerator):
-        gen = base
-        if embedder is not None:
-            gen.face_embedder = embedder
+        # A generator of our own beside the caller's, on the same pipeline (the slot's state lives with the
+        # pipeline, so both stay right): the caller's characters, cache and face embedder are never touched.
+        gen = CharacterGenerator(base.pipe, base_fingerprint=base.base_fingerprint, base_name=base.base_name,
+                                 max_rank=base.max_rank, swap=base.swap, slot_targets=base.slot_targets,
+                                 face_embedder=embedder if embedder is not None else base.face_embedder,
+                                 require_base_fingerprint=base.require_base_fingerprint)
     else:
         if isinstance(base, str):
             from ..models import load_base_model

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import FaceError, ImageError, InputError, PersonaMLError
+from ..errors import BackendError, FaceError, ImageError, InputError, PersonaMLError
 from ..images import ImageLimits, ImageSource, LoadedImage, load_image
 from .primary import select_primary_face
 from .thresholds import FaceThresholds, thresholds_for
@@ -108,15 +108,18 @@ class FaceEmbedder:
         """Decode ``image`` with this embedder's limits (``persona_ml.images.load_image``)."""
         return load_image(image, self.limits, name=name)
 
-    def analyze(self, images: Sequence[ImageSource]) -> list[list[FaceObservation] | ImageError]:
+    def analyze(self, images: Sequence[ImageSource]) -> list[list[FaceObservation] | ImageError | BackendError]:
         """Detect and embed every face of every image.
 
         Args:
             images: paths, bytes, file objects, PIL images, arrays or ``LoadedImage`` objects.
 
         Returns:
-            Per input, in order: its faces sorted by area (largest first), or the ``ImageError``
-            that image raised. One bad image never stops the others.
+            Per input, in order: its faces sorted by area (largest first), the ``ImageError``
+            that image raised (the image's fault), or a ``BackendError`` (code ``backend_error``,
+            the backend's exception chained as ``__cause__``) when the face backend crashed on a
+            valid image: a fault of the backend, never to be reported as the image's or the
+            user's. One bad image never stops the others.
         """
         if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
             raise InputError("analyze() takes a sequence of images; use analyze_one() for one image",
@@ -136,7 +139,7 @@ class FaceEmbedder:
                 results[i] = faces
         return results
 
-    def _analyze_loaded(self, images: list[LoadedImage]) -> list[list[FaceObservation] | ImageError]:
+    def _analyze_loaded(self, images: list[LoadedImage]) -> list[list[FaceObservation] | ImageError | BackendError]:
         try:
             per_image = self.impl.analyze_images(images)
             return [sorted(faces, key=lambda f: -f.area) for faces in per_image]
@@ -145,13 +148,16 @@ class FaceEmbedder:
                 return [exc]
         except PersonaMLError:  # backend-wide problems (CUDA missing, model mismatch) are not per image
             raise
-        except Exception:  # a backend crash on one image must not lose the whole batch
+        except Exception as exc:  # a backend crash on one image must not lose the whole batch
             if len(images) == 1:
                 logger.exception("face backend %s failed on %s", self.backend, images[0].source)
-                return [ImageError(f"{images[0].source}: the {self.backend} face backend could not process "
-                                   "this image", code="image_unreadable", field="image", value=images[0].source)]
+                err = BackendError(f"the {self.backend} face backend failed on {images[0].source}: "
+                                   f"{type(exc).__name__}: {str(exc)[:300]}", stage="face_analyze",
+                                   backend=self.backend, model=self.provenance.model_name, image=images[0].source)
+                err.__cause__ = exc
+                return [err]
         logger.warning("face backend %s failed on a batch of %d; retrying one by one", self.backend, len(images))
-        out: list[list[FaceObservation] | ImageError] = []
+        out: list[list[FaceObservation] | ImageError | BackendError] = []
         for img in images:
             out.extend(self._analyze_loaded([img]))
         return out
@@ -161,9 +167,10 @@ class FaceEmbedder:
 
         Raises:
             ImageError: the image was refused (see ``persona_ml.images.load_image``).
+            BackendError: the face backend failed on it (cause chained).
         """
         (result,) = self._analyze_loaded([self.load(image)])
-        if isinstance(result, ImageError):
+        if isinstance(result, PersonaMLError):
             raise result
         return result
 
@@ -179,12 +186,13 @@ class FaceEmbedder:
 
         Raises:
             ImageError: the image was refused.
+            BackendError: the face backend failed on it (cause chained).
             FaceError: ``no_face``, ``multiple_faces``, or ``face_too_small`` (face side below
                 ``thresholds.min_face_size_px``).
         """
         loaded = self.load(image)
         (faces,) = self._analyze_loaded([loaded])
-        if isinstance(faces, ImageError):
+        if isinstance(faces, PersonaMLError):
             raise faces
         face = select_primary_face(faces, loaded.size, similar_size_ratio=similar_size_ratio)
         if face.face_size < self.thresholds.min_face_size_px:

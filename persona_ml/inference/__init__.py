@@ -12,7 +12,7 @@ from .._lazy import lazy_getattr
 
 _LAZY = {
     "CharacterGenerator": "persona_ml.inference.generator",
-    "IPAdapterSpec": "persona_ml.inference.generator",
+    "IPAdapterSpec": "persona_ml.inference.ip_adapter",
     "SLOT_ADAPTER": "persona_ml.inference.generator",
     "Character": "persona_ml.inference.types",
     "GenerationRequest": "persona_ml.inference.types",

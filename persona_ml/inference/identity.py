@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import BackendError
 from .types import IdentityCheck
 
 __all__ = ["score_faces", "score_images", "rank_best_of"]
@@ -61,7 +62,12 @@ def score_images(images: Sequence[Any], profile: Any, embedder: Any) -> list[Ide
         embedder: a ``FaceEmbedder`` of the profile's model, or ``None`` (nothing is scored).
 
     Returns:
-        One ``IdentityCheck`` per image; an image the embedder refuses counts as ``no_face``.
+        One ``IdentityCheck`` per image; an image the embedder refuses (``ImageError``: e.g. too
+        small for its limits) counts as ``no_face``.
+
+    Raises:
+        BackendError: the face backend failed on an image: identity could not be checked, which is
+            never reported as "no face" (an unchecked image must not pass as a checked one).
     """
     if embedder is None:
         return [IdentityCheck(similarity=None, num_faces=0, matching_faces=0, threshold=None,
@@ -69,6 +75,8 @@ def score_images(images: Sequence[Any], profile: Any, embedder: Any) -> list[Ide
     results = embedder.analyze(list(images))
     out = []
     for faces in results:
+        if isinstance(faces, BackendError):
+            raise faces
         if isinstance(faces, Exception):
             faces = []
         out.append(score_faces(faces, profile))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InputError
 
-TIERS = ("lora", "ip_adapter")
+TIERS = ("lora", "ip_adapter", "base")
 
 __all__ = ["TIERS", "Character", "GenerationRequest", "GeneratedImage", "GenerationResult", "IdentityCheck",
            "CacheStats"]
@@ -64,8 +64,9 @@ class GenerationRequest:
         seeds: one seed per image; image ``i``'s noise depends only on ``seeds[i]`` (and the other
             fields), so any image of a batch can be reproduced alone: bit for bit on CPU; on CUDA in
             bf16 the batch size can change kernel choice and so the lowest bits of a pixel.
-        lora_scale: strength of the character's LoRA (0 disables it, 1 as trained).
-        tier: ``None`` picks the character's own tier; ``"lora"`` or ``"ip_adapter"`` forces one.
+        lora_scale: strength of the character's LoRA (0 runs the base model, 1 as trained).
+        tier: ``None`` picks the character's own tier; ``"lora"`` or ``"ip_adapter"`` forces one;
+            ``"base"`` renders the plain base model (no LoRA, no IP-Adapter: A/B baselines).
         height, width: output size in pixels (multiples of 16).
         steps: denoising steps.
         guidance: Flux guidance-embedding value.
@@ -182,7 +183,7 @@ class GenerationResult:
     """All images of a request plus the best-of-N choice.
 
     Attributes:
-        character_id, tier: who and how (``"lora"`` or ``"ip_adapter"``).
+        character_id, tier: who and how (``"lora"``, ``"ip_adapter"`` or ``"base"``).
         images: one per seed, in seed order.
         selected: indices into ``images``, best first: unflagged images by identity similarity,
             then flagged ones; truncated to ``request.keep``.
@@ -212,6 +213,9 @@ class CacheStats:
         memory_bytes, memory_budget_bytes: bytes held / allowed in CPU memory.
         hits_active, hits_memory, loads_disk: how switches were served.
         evictions: entries dropped from CPU memory for the byte budget.
+        slot_modules, slot_rank, slot_bytes: the pipeline's LoRA slot now (modules covered,
+            rank, bytes of its tensors); shared by every generator on the pipeline.
+        slot_allocations: how often the slot was (re)allocated (1 + the number of growths).
     """
 
     active: str | None
@@ -222,3 +226,7 @@ class CacheStats:
     hits_memory: int
     loads_disk: int
     evictions: int
+    slot_modules: int = 0
+    slot_rank: int = 0
+    slot_bytes: int = 0
+    slot_allocations: int = 0

@@ -13,6 +13,11 @@ coded ``LoraValidationError``:
   other extras: each would be silently ignored by a plain ``load_lora_weights``;
 - ``lora_shape_mismatch``: a module exists but the LoRA's shapes do not fit it.
 
+A failure inside safetensors, diffusers or peft that is not their documented way of refusing an
+input (``SafetensorError`` for the bytes; ``ValueError``/``KeyError`` from diffusers' key
+converters) is a ``BackendError`` (code ``backend_error``, cause chained), never a format code:
+a fault of a library must not tell the user their file is bad.
+
 Conversion of kohya (``lora_unet_...lora_down``) and ComfyUI (``diffusion_model....``) keys is
 diffusers' own (``FluxPipeline.lora_state_dict``). The result is a *canonical* PEFT state dict:
 ``<module>.lora_A.weight`` / ``lora_B.weight`` with each module's scaling (alpha / rank, as
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LoraValidationError
+from ..errors import BackendError, LoraValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -228,6 +233,9 @@ def _check_alphas(path: Path, tensors: Mapping[str, Any]) -> None:
 
     for key, t in tensors.items():
         if key.endswith(".alpha"):
+            if t.numel() != 1:
+                raise LoraValidationError(f"{path.name}: {key} holds {t.numel()} values, not one",
+                                          code="lora_shape_mismatch", field=key, value=list(t.shape))
             value = float(t.reshape(-1)[0].to(torch.float64))
             if not (math.isfinite(value) and value > 0):
                 raise LoraValidationError(f"{path.name}: {key} is {value}; a LoRA alpha must be a positive number",
@@ -303,6 +311,7 @@ def validate_lora(
 
     Raises:
         LoraValidationError: with one of the codes listed in the module docstring.
+        BackendError: safetensors, diffusers or peft failed on a file they did not refuse.
     """
     import torch
 
@@ -329,36 +338,50 @@ def validate_lora(
             expected=base_fingerprint, base_model=base_name)
 
     from diffusers import FluxPipeline
+    from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
+    # One read of the file: its hash and its tensors come from the same bytes (a file re-exported
+    # meanwhile cannot pair one version's sha256 with another's weights, and a large LoRA is not read twice).
     try:
-        # One read of the file: its hash and its tensors come from the same bytes (a file re-exported
-        # meanwhile cannot pair one version's sha256 with another's weights, and a large LoRA is not read twice).
         data = path.read_bytes()
-        sha256 = hashlib.sha256(data).hexdigest()  # as _atomic.sha256_file
+    except OSError as exc:
+        raise LoraValidationError(f"{path.name} cannot be read: {exc.strerror or exc}", code="lora_file_invalid",
+                                  field="path", value=str(path), reason="unreadable") from None
+    sha256 = hashlib.sha256(data).hexdigest()  # as _atomic.sha256_file
+    try:
         tensors = load_safetensors(data)
-        del data
-        _check_alphas(path, tensors)
-        if fmt == "diffusers":
-            source: Any = tensors
-            original_modules: set[str] = set()
-        else:
-            # ComfyUI also writes lora_A/lora_B under diffusion_model.: the kohya converter takes them renamed.
-            source = {k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
-                      for k, v in tensors.items()}
-            original_modules = {_kohya_module(k) for k in source}
+    except SafetensorError as exc:  # the file's bytes: the caller's fault
+        raise LoraValidationError(f"{path.name} is not a readable safetensors file: {str(exc)[:300]}",
+                                  code="lora_file_invalid", field="path", value=str(path),
+                                  reason="bad_tensors") from None
+    except Exception as exc:  # MemoryError, a safetensors bug: not the file's fault
+        raise BackendError(f"safetensors failed on {path.name}: {type(exc).__name__}: {str(exc)[:300]}",
+                           stage="lora_read", library="safetensors", path=str(path)) from exc
+    del data
+    if fmt == "diffusers":
+        source: Any = tensors
+        original_modules: set[str] = set()
+    else:
+        # ComfyUI also writes lora_A/lora_B under diffusion_model.: the kohya converter takes them renamed.
+        source = {k.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"): v
+                  for k, v in tensors.items()}
+        original_modules = {_kohya_module(k) for k in source}
+        _check_kohya_pairs(path, source)  # what diffusers' converter would trip over with a bare RuntimeError
+    _check_alphas(path, tensors)
+    try:
         state_dict, alphas, _ = FluxPipeline.lora_state_dict(
             source, return_alphas=True, return_lora_metadata=True, local_files_only=True)
-        # diffusers reads its adapter config from the header when given a path; we pass the tensors, so parse it here
-        diff_meta = _check_adapter_metadata(path, metadata.get("lora_adapter_metadata")) if fmt == "diffusers" else None
-    except LoraValidationError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (safetensors and diffusers' converters raise many types)
-        text = f"{type(exc).__name__}: {exc}"
-        code = "lora_file_invalid" if "safetensors" in text.lower() or "header" in text.lower() else \
-            "lora_format_unknown"
-        raise LoraValidationError(f"{path.name} could not be read as a {fmt} LoRA: {text[:400]}", code=code,
-                                  field="path", value=str(path), format=fmt) from None
+    except (ValueError, KeyError) as exc:  # diffusers' converters reject keys they cannot map this way
+        raise LoraValidationError(f"{path.name} could not be converted as a {fmt} LoRA: "
+                                  f"{type(exc).__name__}: {str(exc)[:400]}", code="lora_format_unknown",
+                                  field="keys", value=str(path), format=fmt) from None
+    except Exception as exc:  # anything else inside diffusers is a fault of the library, not of the file
+        raise BackendError(f"diffusers' LoRA converter failed on {path.name} ({fmt}): {type(exc).__name__}: "
+                           f"{str(exc)[:300]}", stage="lora_convert", library="diffusers", path=str(path),
+                           format=fmt) from exc
+    # diffusers reads its adapter config from the header when given a path; we pass the tensors, so parse it here
+    diff_meta = _check_adapter_metadata(path, metadata.get("lora_adapter_metadata")) if fmt == "diffusers" else None
     if original_modules:
         _check_kohya_coverage(path, original_modules, state_dict)
     return _canonicalise(path, fmt, state_dict, alphas or {}, diff_meta, metadata, modules, base_name, fp,
@@ -373,6 +396,33 @@ def _kohya_module(key: str) -> str:
     if key.startswith("diffusion_model."):
         key = "lora_unet_" + key[len("diffusion_model."):]
     return key.replace(".", "_")
+
+
+def _check_kohya_pairs(path: Path, source: Mapping[str, Any]) -> None:
+    """Each kohya module: a 2-D ``lora_down`` ``(r, in)`` and ``lora_up`` ``(out, r)`` and a scalar ``alpha``.
+
+    diffusers' converter concatenates and splits these tensors; a malformed file would surface as a
+    torch ``RuntimeError`` from inside it, which could not be told apart from a library fault.
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    for k, v in source.items():
+        for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha"):
+            if k.endswith(suffix):
+                parts.setdefault(k[: -len(suffix)], {})[suffix] = v
+                break
+    for module, p in sorted(parts.items()):
+        down, up, alpha = p.get(".lora_down.weight"), p.get(".lora_up.weight"), p.get(".alpha")
+        if down is None or up is None:
+            raise LoraValidationError(f"{path.name}: {module} lacks its lora_down or lora_up weight",
+                                      code="lora_unused_keys", field="keys", value=[module])
+        if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
+            raise LoraValidationError(
+                f"{path.name}: {module} has lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)}; a Linear "
+                "LoRA needs (rank, in) and (out, rank)", code="lora_shape_mismatch", field=module,
+                value=[list(down.shape), list(up.shape)])
+        if alpha is not None and alpha.numel() != 1:
+            raise LoraValidationError(f"{path.name}: {module}.alpha holds {alpha.numel()} values, not one",
+                                      code="lora_shape_mismatch", field=f"{module}.alpha", value=list(alpha.shape))
 
 
 def _check_kohya_coverage(path: Path, original: set[str], converted: Mapping[str, Any]) -> None:
@@ -453,9 +503,12 @@ def _canonicalise(path, fmt, state_dict, alphas, diff_meta, metadata, modules, b
     rank_dict = {f"^{m}.lora_B.weight": r for m, r in ranks.items()}
     try:
         config = _create_lora_config(peft_sd, net_alphas, meta, rank_dict)
-    except Exception as exc:  # noqa: BLE001 (peft raises many types on bad metadata)
+    except (ValueError, TypeError, KeyError) as exc:  # LoraConfig(**the file's metadata) refused it
         raise LoraValidationError(f"{path.name}: its LoRA config metadata is invalid ({exc})",
                                   code="lora_metadata_invalid", field="metadata", value=str(exc)[:200]) from None
+    except Exception as exc:  # a fault inside diffusers/peft, not of the file
+        raise BackendError(f"building the LoRA config of {path.name} failed: {type(exc).__name__}: {exc}",
+                           stage="lora_config", library="peft", path=str(path)) from exc
     patterns = [config.r, *config.rank_pattern.values()]
     alphas_all = [config.lora_alpha, *config.alpha_pattern.values()]
     if not all(_positive_number(r, integer=True) for r in patterns) or not all(

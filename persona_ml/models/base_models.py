@@ -5,10 +5,12 @@ which files must be there, and its license. Loading never reaches a network
 (``local_files_only=True``); a miss raises ``ModelNotFoundError`` listing every place looked at.
 
 The fingerprint is the base-model identity recorded in every LoRA and checked by the generator.
-It is cheap (no weight is read) and stable across re-saves with other library versions:
+It depends on every weight and is stable across re-saves with other library versions:
 
 * ``diffusers_dir``: sha256 over ``model_index.json`` and each component's config (library
-  version keys dropped), plus every ``*.safetensors`` file's name, size and the sha256 of its header.
+  version keys dropped), tokenizer vocabularies, and the sha256 of every tensor's bytes with its
+  name, dtype and shape (``fingerprint_flux_dir``); tensor hashes are cached by path, inode, size,
+  mtime and ctime, so a warm worker does not re-read 24 GB on each start.
 * ``tiny_flux``: sha256 over the tiny config, the seed and the transformer's float32 weights.
 
 Example:
@@ -25,13 +27,12 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from persona_ml.config import config_file, from_dict, read_yaml
-from persona_ml.errors import ConfigError, InputError, ModelMismatchError, ModelNotFoundError
+from persona_ml.errors import ConfigError, InputError, ModelMismatchError, ModelNotFoundError, PersonaMLError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_base_model",
     "load_base_model",
     "fingerprint_flux_dir",
+    "weight_digests",
     "check_flux_dev_dir",
     "check_flux_dir",
     "architecture_of",
@@ -251,45 +253,243 @@ def resolve_base_model(
 
 # --------------------------------------------------------------------------- fingerprint
 
+# Bumped when what the fingerprint covers changes (v1 read no weight: a same-shape fine-tune matched).
+_FINGERPRINT_SCHEME = b"persona_ml.base_fingerprint.v2\0"
+_HASH_CACHE_NAME = "weight_hashes.json"
+_HASH_CACHE_VERSION = 1
+_CHUNK = 16 << 20
+_OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def _read_json(path: Path) -> Any:
+    """A model folder's JSON file through the bounded loader (``persona_ml._parse``).
+
+    Raises:
+        ModelNotFoundError: ``model_not_found`` when it is missing; ``model_corrupt`` when it cannot be read
+            or is not acceptable JSON.
+    """
+    from persona_ml._parse import ParseProblem, loads_json
+
+    try:
+        return loads_json(path.read_bytes(), what=str(path))
+    except ParseProblem as exc:
+        raise ModelNotFoundError(exc.message, code="model_corrupt", path=str(path), reason=exc.reason) from None
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{path} not found", searched=[str(path)], missing=[path.name]) from None
+    except OSError as exc:
+        raise ModelNotFoundError(f"{path} cannot be read: {exc.strerror or exc}", code="model_corrupt",
+                                 path=str(path)) from None
+
 
 def _stable_json(path: Path) -> bytes:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """A config file's content without what a re-save by another library version changes.
+
+    Dropped: version/commit keys (``_diffusers_version``...) and keys whose value is ``null`` (newer
+    library versions write new options with a null default). Key order and whitespace do not count.
+    """
+    data = _read_json(path)
     if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
+        data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS and v is not None}
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _safetensors_header_sha256(path: Path) -> str:
+def _tokenizer_json_model(path: Path) -> bytes:
+    """The part of a ``tokenizer.json`` that defines tokenization: its model (vocab, merges) and added tokens.
+
+    tokenizers 0.20 writes merges as ``[a, b]`` pairs where older versions wrote ``"a b"``; both read the same.
+    """
+    try:
+        data = _read_json(path)
+    except ModelNotFoundError:
+        return path.read_bytes()
+    if not isinstance(data, dict):
+        return path.read_bytes()
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("merges"), list):
+        model = dict(model, merges=[" ".join(m) if isinstance(m, list) else m for m in model["merges"]])
+    added = [(t.get("id"), t.get("content")) for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+    return json.dumps({"model": model, "added_tokens": added}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _safetensors_index(path: Path) -> dict[str, tuple[str, list[int], int, int]]:
+    """``{tensor: (dtype, shape, start, end)}`` of a safetensors file (absolute byte offsets), header only.
+
+    Raises:
+        ModelNotFoundError: ``model_corrupt`` for a malformed header or tensors outside the file (truncated).
+    """
+    from persona_ml._parse import ParseProblem, parse_safetensors_header, safetensors_header_length
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = safetensors_header_length(fh.read(8), size, what=str(path))
+            header, _ = parse_safetensors_header(fh.read(n), size, what=str(path))
+    except ParseProblem as exc:
+        raise ModelNotFoundError(exc.message, code="model_corrupt", path=str(path), reason=exc.reason) from None
+    base = 8 + n
+    return {name: (entry["dtype"], list(entry["shape"]), base + entry["data_offsets"][0],
+                   base + entry["data_offsets"][1]) for name, entry in header.items()}
+
+
+def _hash_range(fh, start: int, end: int, buf: bytearray) -> str:
+    h = hashlib.sha256()
+    fh.seek(start)
+    view = memoryview(buf)
+    left = end - start
+    while left > 0:
+        got = fh.readinto(view[: min(left, len(buf))])
+        if not got:
+            raise ModelNotFoundError(f"{fh.name}: the file ended early (truncated?)", code="model_corrupt",
+                                     path=str(fh.name))
+        h.update(view[:got])
+        left -= got
+    return h.hexdigest()
+
+
+def _file_tensor_digests(path: Path) -> dict[str, list]:
+    """``{tensor: [dtype, shape, sha256 of its bytes]}`` of one weight file, streamed in 16 MB reads.
+
+    A safetensors file is hashed tensor by tensor, so the result does not depend on the order of the
+    tensors in the file, on how a model is split into shards, or on the header's metadata. Other
+    weight files (``.bin``...) are hashed whole as one entry named after the file (never unpickled).
+    """
+    buf = bytearray(_CHUNK)
     with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ModelNotFoundError(f"{path} is not a safetensors file", code="model_corrupt", path=str(path))
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise ModelNotFoundError(f"{path}: implausible safetensors header size {n}", code="model_corrupt",
-                                     path=str(path))
-        return hashlib.sha256(fh.read(n)).hexdigest()
+        if path.suffix != ".safetensors":
+            return {f"file:{path.name}": ["bytes", [path.stat().st_size], _hash_range(fh, 0, path.stat().st_size, buf)]}
+        index = _safetensors_index(path)
+        return {name: [dtype, shape, _hash_range(fh, start, end, buf)]
+                for name, (dtype, shape, start, end) in sorted(index.items(), key=lambda kv: kv[1][2])}
 
 
-def fingerprint_flux_dir(folder: str | os.PathLike) -> str:
-    """Cheap, stable fingerprint of a diffusers model folder; no weight is read.
+def _cache_file(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir) / _HASH_CACHE_NAME
+    env = os.environ.get("PERSONA_ML_CACHE_DIR")
+    if env:
+        return Path(env) / _HASH_CACHE_NAME
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "persona_ml" / _HASH_CACHE_NAME
+
+
+def _file_key(path: Path) -> list[int]:
+    """What changes whenever a file's bytes can have: device, inode, size, mtime and ctime."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_cache(cache: Path) -> dict[str, Any]:
+    from persona_ml._parse import loads_json
+
+    try:
+        data = loads_json(cache.read_bytes(), what=str(cache))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("weight-hash cache %s is unreadable (%s); hashing again", cache, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _HASH_CACHE_VERSION or not isinstance(
+            data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _write_cache(cache: Path, fresh: dict[str, Any]) -> None:
+    from persona_ml._atomic import atomic_write_json
+
+    try:
+        files = _read_cache(cache)  # another worker may have added entries meanwhile: keep them
+        files.update(fresh)
+        files = {p: e for p, e in files.items() if os.path.exists(p)}
+        atomic_write_json(cache, {"version": _HASH_CACHE_VERSION, "files": files}, indent=None)
+    except (OSError, PersonaMLError) as exc:  # a read-only or full disk must not stop a worker: it re-hashes next start
+        log.warning("could not write the weight-hash cache %s: %s", cache, exc)
+
+
+def weight_digests(files: list[Path], *, cache_dir: str | os.PathLike | None = None,
+                   workers: int | None = None) -> dict[Path, dict[str, list]]:
+    """Per-tensor sha256 of weight files, from a cache keyed by path, device, inode, size, mtime and ctime.
+
+    Only files whose key changed (or that were never seen) are read; they are hashed in parallel
+    threads (sha256 releases the GIL on large reads).
+
+    Args:
+        files: weight files (``.safetensors`` hashed per tensor, others whole).
+        cache_dir: folder of ``weight_hashes.json``; default ``$PERSONA_ML_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/persona_ml`` (``~/.cache/persona_ml``).
+        workers: hashing threads (default ``min(4, cpu count)``).
+
+    Returns:
+        ``{file: {tensor: [dtype, shape, sha256]}}``.
+
+    Raises:
+        ModelNotFoundError: ``model_corrupt`` for a malformed or truncated safetensors file.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = _cache_file(cache_dir)
+    cached = _read_cache(cache)
+    out: dict[Path, dict[str, list]] = {}
+    todo: list[tuple[Path, list[int]]] = []
+    for f in files:
+        real = str(f.resolve())
+        key = _file_key(f)
+        entry = cached.get(real)
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("tensors"), dict):
+            out[f] = entry["tensors"]
+        else:
+            todo.append((f, key))
+    if todo:
+        n = workers or min(4, os.cpu_count() or 1)
+        log.info("hashing %d weight file(s) (%.1f GB) for the base fingerprint", len(todo),
+                 sum(k[2] for _, k in todo) / 1e9)
+        with ThreadPoolExecutor(max_workers=max(1, min(n, len(todo)))) as pool:
+            digests = list(pool.map(lambda item: _file_tensor_digests(item[0]), todo))
+        fresh = {}
+        for (f, key), d in zip(todo, digests):
+            out[f] = d
+            if _file_key(f) == key:  # not rewritten while it was being read
+                fresh[str(f.resolve())] = {"key": key, "tensors": d}
+        if fresh:
+            _write_cache(cache, fresh)
+    return out
+
+
+def fingerprint_flux_dir(folder: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """Fingerprint of a diffusers model folder that depends on every weight.
+
+    Covers ``model_index.json`` and each component's configs (see ``_stable_json``), its tokenizer
+    vocabularies, and the sha256 of every tensor's bytes with its name, dtype and shape (all
+    ``*.safetensors`` files of each component; other weight files whole). It is the same after a
+    re-save with another library version (config version keys, tensor order, shard layout and
+    header metadata do not count) and changes when any weight value changes; casting the weights to
+    another dtype changes it too (other bytes).
+
+    The tensor hashes are cached (``weight_digests``) by path, device, inode, size, mtime and ctime,
+    so a warm worker reads only the headers on start; a first start reads every weight once
+    (FLUX.1-dev: about 32 GB for all components).
 
     Args:
         folder: a diffusers-format folder with ``model_index.json``.
+        cache_dir: where the tensor-hash cache lives (see ``weight_digests``).
 
     Returns:
         ``"sha256:<hex>"``.
 
     Raises:
-        ModelNotFoundError: ``model_index.json`` is missing.
+        ModelNotFoundError: ``model_index.json`` is missing; ``model_corrupt`` for a damaged weight file.
     """
     folder = Path(folder)
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelNotFoundError(f"{folder} has no model_index.json", searched=[str(folder)], missing=["model_index.json"])
-    h = hashlib.sha256()
+    h = hashlib.sha256(_FINGERPRINT_SCHEME)
     h.update(b"model_index.json\0" + _stable_json(index))
-    components = sorted(k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and isinstance(v, list))
+    index_data = _read_json(index)
+    if not isinstance(index_data, dict):
+        raise ModelNotFoundError(f"{index} is not a JSON object", code="model_corrupt", path=str(index))
+    components = sorted(k for k, v in index_data.items() if not k.startswith("_") and isinstance(v, list))
+    per_comp: dict[str, list[Path]] = {}
     for comp in components:
         sub = folder / comp
         if not sub.is_dir():
@@ -298,11 +498,24 @@ def fingerprint_flux_dir(folder: str | os.PathLike) -> str:
             if cfg.name.startswith("tokenizer") or cfg.name.startswith("special_tokens"):
                 continue  # tokenizer configs churn with library versions; vocab files are hashed below
             h.update(f"{comp}/{cfg.name}\0".encode() + _stable_json(cfg))
-        for tok in sorted(list(sub.glob("tokenizer.json")) + list(sub.glob("vocab.json")) + list(sub.glob("merges.txt"))
-                          + list(sub.glob("*.model"))):
-            h.update(f"{comp}/{tok.name}\0".encode() + hashlib.sha256(tok.read_bytes()).digest())
-        for weights in sorted(sub.glob("*.safetensors")):
-            h.update(f"{comp}/{weights.name}\0{weights.stat().st_size}\0{_safetensors_header_sha256(weights)}".encode())
+        vocab = sorted(list(sub.glob("vocab.json")) + list(sub.glob("merges.txt")) + list(sub.glob("*.model")))
+        if not vocab:  # only a tokenizer.json: its model section (vocab, merges) defines the tokenizer
+            vocab = sorted(sub.glob("tokenizer.json"))
+        for tok in vocab:
+            body = _tokenizer_json_model(tok) if tok.name == "tokenizer.json" else tok.read_bytes()
+            h.update(f"{comp}/{tok.name}\0".encode() + hashlib.sha256(body).digest())
+        weights = sorted(sub.glob("*.safetensors"))
+        if not weights:
+            weights = sorted(p for p in sub.iterdir() if p.suffix in _OTHER_WEIGHTS and p.is_file())
+        per_comp[comp] = weights
+    digests = weight_digests([w for ws in per_comp.values() for w in ws], cache_dir=cache_dir)
+    for comp, weights in per_comp.items():
+        tensors: dict[str, list] = {}
+        for w in weights:
+            tensors.update(digests[w])
+        for name in sorted(tensors):
+            dtype, shape, digest = tensors[name]
+            h.update(f"{comp}/{name}\0{dtype}\0{list(shape)}\0{digest}\0".encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -330,10 +543,7 @@ def check_flux_dir(folder: str | os.PathLike) -> dict[str, Any]:
         path = folder / rel
         if not path.is_file():
             raise ModelNotFoundError(f"{folder} has no {rel}", searched=[str(folder)], missing=[rel])
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"{path} is not readable JSON: {exc}", code="model_corrupt", path=str(path)) from exc
+        data = _read_json(path)
         if not isinstance(data, dict):
             raise ModelNotFoundError(f"{path} is not a JSON object", code="model_corrupt", path=str(path))
         return data
@@ -390,7 +600,11 @@ def check_flux_dev_dir(folder: str | os.PathLike) -> None:
     folder = Path(folder)
 
     def read(rel: str) -> dict[str, Any]:
-        return json.loads((folder / rel).read_text(encoding="utf-8"))
+        data = _read_json(folder / rel)
+        if not isinstance(data, dict):
+            raise ModelNotFoundError(f"{folder / rel} is not a JSON object", code="model_corrupt",
+                                     path=str(folder / rel))
+        return data
 
     index = read("model_index.json")
     t = read("transformer/config.json")

@@ -698,7 +698,8 @@ def _permutation(seed: int, epoch: int, n: int, _cache: dict = {}) -> np.ndarray
 
 
 def _derive_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    # int() before the shift: numpy 1.x refuses uint64 >> int64 (no safe common type)
+    return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 class _null:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class IdentityScorer:
         if self.embedder is not None:
             embs = []
             for res in self.embedder.analyze(list(self.train_images)):
+                if isinstance(res, BackendError):  # a backend fault, not a training photo without a face
+                    raise res
                 if isinstance(res, list) and res:
                     embs.append(_largest(res).embedding)
             self._train_embs = np.stack(embs).astype(np.float64) if embs else None
@@ -160,6 +163,8 @@ class IdentityScorer:
         faces: list[Any] = [None] * len(paths)
         if self.embedder is not None:
             for i, res in enumerate(self.embedder.analyze(list(paths))):
+                if isinstance(res, BackendError):  # identity unmeasured is not "no face in the sample"
+                    raise res
                 if isinstance(res, list) and res:
                     faces[i] = _largest(res)
         near_dup = getattr(getattr(self.embedder, "thresholds", None), "near_duplicate_min_cosine", None)

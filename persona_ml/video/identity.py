@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,8 @@ class _Scorer:
             return
         results = self.embedder.analyze([self.frames[i] for i in todo])
         for i, faces in zip(todo, results):
+            if isinstance(faces, BackendError):  # identity could not be checked: never reported as face_lost
+                raise faces
             if isinstance(faces, Exception):
                 faces = []
             check = score_faces(faces, self.profile, self.threshold)
@@ -213,6 +215,7 @@ def score_video(frames: np.ndarray, fps: float, profile: Any, embedder: Any, *, 
     Raises:
         InputError: empty or mis-shaped frames, fps not positive, a bad stride.
         ModelMismatchError: the embedder is not the profile's model.
+        BackendError: the face backend failed on a frame (cause chained): never reported as ``face_lost``.
     """
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[0] == 0 or arr.shape[-1] != 3:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FaceError, InputError, ModelMismatchError, ModelNotFoundError
+from ..errors import BackendError, FaceError, InputError, ModelMismatchError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,14 @@ def face_boxes(frames: np.ndarray, embedder: Any, *, stride: int = 4) -> list[tu
 
     Raises:
         FaceError: (``no_face``) no face in any sampled frame of the driving video.
+        BackendError: the face backend failed on a frame (cause chained).
     """
     n = len(frames)
     grid = sorted(set(range(0, n, max(1, stride))) | {n - 1})
     found: dict[int, np.ndarray] = {}
     for i, faces in zip(grid, embedder.analyze([frames[i] for i in grid])):
+        if isinstance(faces, BackendError):  # the face backend crashed: not "no face in the driving video"
+            raise faces
         if isinstance(faces, Exception) or not faces:
             continue
         f = faces[0]  # largest

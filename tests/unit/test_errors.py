@@ -1,6 +1,8 @@
 import json
 import pickle
 
+import pytest
+
 import persona_ml
 from persona_ml.errors import ConfigError, ImageError, LoraRuleError, PersonaMLError
 
@@ -22,6 +24,21 @@ def test_rule_error_carries_violations():
     err = LoraRuleError("2 violations", violations=[{"code": "a"}, {"code": "b"}])
     assert err.violations == [{"code": "a"}, {"code": "b"}]
     assert err.to_dict()["details"]["violations"][1]["code"] == "b"
+
+
+def test_rule_errors_keep_their_violations_across_pickling():
+    """A worker that ships errors between processes (multiprocessing, a task queue) keeps ``violations``."""
+    from persona_ml.errors import VoiceRuleError
+    from persona_ml.rules import enforce_lora_request
+
+    with pytest.raises(LoraRuleError) as exc:
+        enforce_lora_request({"plan": "free", "num_images": 5, "rank": 64})
+    err = pickle.loads(pickle.dumps(exc.value))
+    assert type(err) is LoraRuleError and len(err.violations) >= 2
+    assert [v.code for v in err.violations] == [v.code for v in exc.value.violations]
+    assert err.to_dict() == exc.value.to_dict() and err.http_status == 422
+    voice = pickle.loads(pickle.dumps(VoiceRuleError("1 violation", violations=[{"code": "too_short"}])))
+    assert voice.violations == [{"code": "too_short"}]
 
 
 def test_import_is_light_and_side_effect_free():

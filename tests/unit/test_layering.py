@@ -13,9 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "persona_ml"
 FORBIDDEN = {
     "images": {"faces", "dataset", "training", "inference", "eval", "voice", "video", "cli"},
     "faces": {"dataset", "training", "inference", "eval", "voice", "video", "cli"},
-    "lora": {"training", "inference", "eval", "cli"},
-    "dataset": {"training", "inference", "eval", "cli"},
-    "inference": {"training", "eval", "cli"},
+    "lora": {"training", "inference", "eval", "voice", "video", "cli"},
+    "dataset": {"training", "inference", "eval", "voice", "video", "cli"},
+    "training": {"voice", "video", "cli"},
+    "inference": {"training", "eval", "voice", "video", "cli"},
+    "eval": {"voice", "video", "cli"},
     "voice": {"training", "inference", "eval", "video", "cli"},
     "video": {"training", "eval", "cli"},
 }

@@ -342,19 +342,23 @@ class _FakeBackend:
 
 
 def test_embedder_isolates_a_failing_image_and_sorts_faces_by_area():
-    from persona_ml.errors import BackendUnavailableError, ImageError
+    from persona_ml.errors import BackendError, BackendUnavailableError, ImageError
     from persona_ml.faces.embedder import FaceEmbedder
 
     backend = _FakeBackend()
     embedder = FaceEmbedder(backend, batch_size=4)
     grey, black, white = (np.full((64, 64, 3), v, np.uint8) for v in (120, 0, 255))
     results = embedder.analyze([grey, black, b"", white, grey])
-    assert [type(r).__name__ for r in results] == ["list", "ImageError", "ImageError", "ImageError", "list"]
-    assert results[1].code == "image_unreadable" and results[2].code == "image_empty"
+    # a backend crash is the backend's fault (issue 8): backend_error with the cause chained, not image_unreadable
+    assert [type(r).__name__ for r in results] == ["list", "BackendError", "ImageError", "ImageError", "list"]
+    assert results[1].code == "backend_error" and isinstance(results[1].__cause__, RuntimeError)
+    assert results[2].code == "image_empty" and results[3].code == "image_unreadable"
     assert [f.face_size for f in results[0]] == [100.0, 40.0]  # largest first
     assert embedder.embed_primary(grey).face_size == 100.0
-    with pytest.raises(ImageError):
+    with pytest.raises(BackendError):
         embedder.analyze_one(black)
+    with pytest.raises(ImageError):
+        embedder.analyze_one(white)
 
     class Broken(_FakeBackend):
         def analyze_images(self, images):
