@@ -13,7 +13,14 @@ offline; weight values do not change speed or memory), then, phase by phase:
 * ``generate``: ``CharacterGenerator`` with the two LoRAs those jobs exported, an image of each
   character at 1024 px / 28 steps, the switch latency between them;
 * ``generate:compiled``: the same with ``torch.compile`` and hotswap, compile time, the image
-  latency after a switch and whether the switch recompiled.
+  latency after a switch and whether the switch recompiled;
+* ``video:talking-head`` (LTX-2.5 ``LTX2DFRPipeline``, frozen audio latents) and ``video:motion``
+  (``WanAnimatePipeline``, animate mode): the pipeline at its real size with random bf16 weights,
+  born on the GPU (``persona_ml.video.real_size``, no file, no download), then the library's
+  ``TalkingHeadJob`` / ``MotionTransferJob`` at the preview and the full setting for a short clip:
+  seconds per second of video, s/step, peak GPU memory per setting (``--dry-run``: the tiny video
+  pipelines on CPU). They hold ``VIDEO_RESERVE_S`` of the budget, skip when the card cannot hold
+  the weights, and skip the full setting when the preview says it would overrun.
 
     python scripts/gpu_check.py                    # the whole check, one 8-minute call on an H100/H200
     python scripts/gpu_check.py --json gpu_check.json --workdir /scratch/gpu_check
@@ -24,7 +31,7 @@ try/except that records the error (an out-of-memory of one preset still leaves t
 phase that cannot finish in the time budget (``--budget-s``, default 8 minutes) is skipped and
 says so, lines are flushed as they are printed, and the ``--json`` report is rewritten atomically
 after every phase and on failure. Phases are a list (``PHASES``); another area can append its own
-``Phase`` without touching the others.
+``Phase`` without touching the others (a ``reserve_s`` keeps its share of the budget).
 
 MFU: model FLOPs of a LoRA step on a frozen base = 2 x the forward FLOPs (the backward computes
 activation gradients only: no weight gradients for frozen weights; gradient checkpointing's
@@ -83,13 +90,17 @@ class Plan:
 class Phase:
     """One phase: ``run(ctx)`` returns its figures (a dict); ``needs`` names phases whose results it
     uses; ``estimate_s(ctx)`` is its expected duration (a phase that would overrun the budget is
-    skipped); ``supported(ctx)`` returns ``None`` or why this device cannot run it."""
+    skipped); ``supported(ctx)`` returns ``None`` or why this device cannot run it; ``reserve_s`` is the
+    share of the budget held for it: the phases before it must finish ``reserve_s`` before the deadline
+    (released when it cannot run here). A running phase reads its own deadline in ``ctx["phase_deadline"]``
+    and may raise ``PhaseSkipped(reason)`` (e.g. too little free memory)."""
 
     name: str
     run: Callable[[dict], dict]
     needs: tuple[str, ...] = ()
     estimate_s: Callable[[dict], float] = lambda ctx: 0.0
     supported: Callable[[dict], str | None] = lambda ctx: None
+    reserve_s: float = 0.0
 
 
 def _plan(args: argparse.Namespace) -> Plan:
@@ -419,6 +430,280 @@ def _compiled_frames() -> int:
     return int(sum(counters["stats"].values())) if "stats" in counters else 0
 
 
+# --------------------------------------------------------------------------- video phases
+
+# Seconds of the default budget held for each video phase (the phases before it must leave them) and
+# the shortest time one can run in (its build + the preview). Guesses until a GPU run measures them.
+VIDEO_RESERVE_S = {"video:talking-head": 60.0, "video:motion": 75.0}
+VIDEO_MIN_S = {"video:talking-head": 30.0, "video:motion": 40.0}
+# working memory beside the weights (activations, the VAE decode of the full clip): a guess, not measured
+VIDEO_WORKING_GIB = {"video:talking-head": 12.0, "video:motion": 24.0}
+
+
+class PhaseSkipped(Exception):
+    """Raised by a phase that finds, once running, that this device cannot run it (e.g. too little free memory)."""
+
+
+@dataclass
+class _CentredFace:
+    bbox: tuple[float, float, float, float]
+    landmarks: Any
+
+
+class _CentredFaceFinder:
+    """A fixed face box in the middle of every frame: the driving clip is synthetic (no face to detect), and
+    face detection is not what this check times. Same ``analyze`` answer shape as ``FaceEmbedder``."""
+
+    def analyze(self, frames) -> list:
+        import numpy as np
+
+        out = []
+        for f in frames:
+            h, w = f.shape[:2]
+            s = min(h, w) / 3
+            x0, y0 = (w - s) / 2, (h - s) / 3
+            lm = np.array([[x0 + .3 * s, y0 + .4 * s], [x0 + .7 * s, y0 + .4 * s], [x0 + .5 * s, y0 + .6 * s],
+                           [x0 + .35 * s, y0 + .8 * s], [x0 + .65 * s, y0 + .8 * s]], np.float32)
+            out.append([_CentredFace((x0, y0, x0 + s, y0 + s), lm)])
+        return out
+
+
+def _video_settings(plan: Plan, kind: str) -> list[tuple[str, Any, float]]:
+    """``(label, settings, clip seconds)``: the library's preview and full settings (short clips on a GPU;
+    tiny sizes with ``--dry-run``)."""
+    from persona_ml.video.motion import MotionSettings
+    from persona_ml.video.talking_head import TalkingHeadSettings
+
+    if kind == "talking_head":
+        if plan.dry_run:
+            return [("preview", TalkingHeadSettings(height=64, width=64, fps=12.0, max_frames=9, sigmas=(1.0, 0.5),
+                                                    max_sequence_length=32), 0.7),
+                    ("full", TalkingHeadSettings(height=96, width=96, fps=24.0, max_frames=17,
+                                                 sigmas=(1.0, 0.7, 0.4), max_sequence_length=32), 0.7)]
+        # preview: 256 px, 12 fps, 25 frames; full: 512 px, 24 fps, LTX-2's 8-step distilled schedule, 4 s of speech
+        return [("preview", TalkingHeadSettings.preview(), 2.0), ("full", TalkingHeadSettings(max_frames=97), 4.0)]
+    if plan.dry_run:
+        # the tiny motion encoder still reads 512 x 512 face crops every step (the real switch): few frames
+        return [("preview", MotionSettings(height=32, width=32, num_steps=2, segment_frame_length=5, max_frames=5,
+                                           max_sequence_length=16), 5 / 24),
+                ("full", MotionSettings(height=64, width=64, num_steps=2, segment_frame_length=5, max_frames=5,
+                                        max_sequence_length=16), 5 / 24)]
+    # preview: 320 x 576, 33 frames, 8 steps; full: 720 x 1280, a 17-frame clip, 6 of the default 20 steps
+    # (steps are sequential identical work: the report also gives the figure at 20 steps, linear in steps)
+    return [("preview", MotionSettings.preview(), 33 / 24),
+            ("full", MotionSettings(max_frames=17, num_steps=6), 17 / 24)]
+
+
+def _video_tokens(kind: str, settings: Any, frames: int) -> int:
+    """Latent tokens the transformer attends over (LTX-2: 32x spatial, 8x temporal, patch 1; Wan: 8x, 4x,
+    patch 2x2, plus the reference frame)."""
+    if kind == "talking_head":
+        return ((frames - 1) // 8 + 1) * (settings.height // 32) * (settings.width // 32)
+    return ((frames - 1) // 4 + 2) * (settings.height // 16) * (settings.width // 16)
+
+
+def _video_supported(name: str) -> Callable[[dict], str | None]:
+    def check(ctx: dict) -> str | None:
+        import importlib.util
+
+        try:
+            import diffusers
+
+            pipeline = "LTX2DFRPipeline" if name == "video:talking-head" else "WanAnimatePipeline"
+            if not hasattr(diffusers, pipeline):
+                return f"diffusers {diffusers.__version__} has no {pipeline}"
+            for mod, extra in (("av", "video"), ("ftfy", "video"), ("onnxruntime", "core")):
+                if importlib.util.find_spec(mod) is None:
+                    return f"{mod} is not installed (the {extra} extra: pip install 'persona-ml[video]')"
+            if not _is_cuda(ctx):
+                return None
+            need = _video_need_bytes(ctx, name)
+            total = ctx["report"].get("device_total_mem_gib", 0.0) * 2**30
+            if total < need:
+                return (f"needs about {need / 2**30:.0f} GiB (weights {ctx['video_weights'][name] / 2**30:.0f} GiB + "
+                        f"{VIDEO_WORKING_GIB[name]:.0f} GiB working memory); the device has {total / 2**30:.0f} GiB")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a probe that fails is a reason to skip, not a crash
+            return f"cannot probe: {type(exc).__name__}: {exc}"
+    return check
+
+
+def _video_need_bytes(ctx: dict, name: str) -> float:
+    from persona_ml.video import real_size
+
+    weights = ctx.setdefault("video_weights", {})
+    counts = real_size.LTX2_DFR_PARAMS if name == "video:talking-head" else real_size.WAN_ANIMATE_PARAMS
+    weights[name] = 2 * sum(counts.values())   # bf16
+    return weights[name] + VIDEO_WORKING_GIB[name] * 2**30
+
+
+def _video_inputs(ctx: dict, kind: str, settings: Any, seconds: float, out: Path):
+    """A synthetic portrait, and the speech (a tone with syllable-rate loudness) or the driving clip (an mp4)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:320, 0:256]
+    portrait = np.stack([xx % 256, yy * 3 // 4 % 256, (xx + yy) // 2 % 256], axis=-1).astype(np.uint8)
+    if kind == "talking_head":
+        from persona_ml.video.speech import Speech
+
+        t = np.arange(int(seconds * 16000)) / 16000
+        wave = 0.4 * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * np.sin(2 * np.pi * 220 * t)
+        return portrait, Speech.from_array(wave.astype(np.float32), 16000, source="gpu_check tone")
+    from persona_ml.video.io import write_video
+
+    n = int(round(seconds * 24))
+    h, w = settings.height, settings.width
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.stack([np.stack([(xx + 4 * i) % 256, yy % 256, np.full_like(xx, 128)], axis=-1) for i in range(n)])
+    return portrait, write_video(out / "driving.mp4", frames.astype(np.uint8), 24.0)
+
+
+def _video_run(ctx: dict, kind: str, backend: Any, label: str, settings: Any, seconds: float,
+               stop_at: float = float("inf")) -> dict:
+    """One job of the library (``TalkingHeadJob`` / ``MotionTransferJob``) with per-step timestamps; past
+    ``stop_at`` the job is cancelled at the next step (its own cooperative cancel) and says so."""
+    from persona_ml.video.jobs import MotionTransferJob, TalkingHeadJob
+
+    out = Path(ctx["workdir"]) / "video" / kind / label
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    portrait, media = _video_inputs(ctx, kind, settings, seconds, out)
+    stamps: list[float] = []
+    job_cls = TalkingHeadJob if kind == "talking_head" else MotionTransferJob
+    job: Any = None
+
+    def on_event(e) -> None:
+        if e.kind == "step" or (e.kind == "status" and e.status.value == "running"):
+            _sync(ctx)
+            stamps.append(time.perf_counter())
+            if e.kind == "step" and stamps[-1] > stop_at:
+                job.cancel()
+
+    job = job_cls(backend, portrait, media, out / "job", settings=settings, on_event=on_event)
+    if _is_cuda(ctx):
+        _free(ctx)   # the previous run's activations: the peak below is this run's
+    _reset_peak(ctx)
+    t0 = time.perf_counter()
+    result = job.run()
+    _sync(ctx)
+    job_s = time.perf_counter() - t0
+    steps = [b - a for a, b in zip(stamps[1:], stamps[2:])]   # step k -> k+1; the first also encodes the inputs
+    done = result.status.value == "completed"
+    video_s = result.num_frames / result.fps if done else None
+    record = {"label": label, "status": result.status.value, "height": settings.height, "width": settings.width,
+              "fps": result.fps, "frames": result.num_frames, "video_s": video_s, "steps": result.steps_done,
+              "total_steps": result.total_steps, "steps_timed": len(steps),
+              "video_tokens": _video_tokens(kind, settings, _frames_of(kind, settings, seconds)),
+              "s_per_step": sum(steps) / len(steps) if steps else None,
+              "first_step_s": stamps[1] - stamps[0] if len(stamps) > 1 else None, "job_s": job_s,
+              "s_per_video_s": job_s / video_s if video_s else None, "timings": dict(result.timings),
+              "peak_bytes": _peak(ctx)}
+    if not done:
+        record["reason"] = f"cancelled at the time budget after {result.steps_done} of {result.total_steps} steps"
+    default = getattr(type(settings)(), "num_steps", None)
+    if done and default and record["s_per_step"] and default != result.total_steps:
+        projected = job_s + (default - result.total_steps) * record["s_per_step"]   # linear: same work per step
+        record.update({"default_steps": default, f"s_per_video_s_at_{default}_steps": projected / video_s})
+    return record
+
+
+def video_phase(ctx: dict, name: str) -> dict:
+    """Build the pipeline (tiny with ``--dry-run``, else the real sizes with random bf16 weights on the GPU), then
+    the library's job at the preview and the full setting; s per s of video, s per step, peak memory."""
+    import torch
+
+    from persona_ml.video import real_size, testing
+    from persona_ml.video.motion import PoseRunner, WanAnimateMotionTransfer
+    from persona_ml.video.talking_head import LTX2DFRTalkingHead
+
+    plan: Plan = ctx["plan"]
+    kind = "talking_head" if name == "video:talking-head" else "motion"
+    _free(ctx)
+    if _is_cuda(ctx):
+        free = torch.cuda.mem_get_info()[0]
+        need = _video_need_bytes(ctx, name)
+        if free < need:
+            raise PhaseSkipped(f"{free / 2**30:.0f} GiB free on the device, about {need / 2**30:.0f} GiB needed")
+    _reset_peak(ctx)
+    t0 = time.perf_counter()
+    if kind == "talking_head":
+        pipe = (testing.build_tiny_ltx2_dfr_pipeline(seed=0) if plan.dry_run
+                else real_size.build_ltx2_dfr_pipeline_real_size(plan.device))
+        backend: Any = LTX2DFRTalkingHead(pipe, "tiny-ltx2" if plan.dry_run else "ltx-2.5 (random weights)")
+    else:
+        pipe = (testing.build_tiny_wan_animate_pipeline(seed=0) if plan.dry_run
+                else real_size.build_wan_animate_pipeline_real_size(plan.device))
+        pose = PoseRunner(testing.write_tiny_pose_onnx(Path(ctx["workdir"]) / "video" / "pose.onnx"))
+        backend = WanAnimateMotionTransfer(pipe, pose, _CentredFaceFinder(),
+                                           "tiny-wan-animate" if plan.dry_run else "wan2.2-animate (random weights)")
+    _sync(ctx)
+    build_s = time.perf_counter() - t0
+    params = {k: int(sum(p.numel() for p in v.parameters())) for k, v in pipe.components.items()
+              if hasattr(v, "parameters")}
+    record: dict[str, Any] = {"model": backend.name, "build_s": build_s, "build_peak_bytes": _peak(ctx),
+                              "params_billion": {k: v / 1e9 for k, v in params.items()}, "runs": []}
+    if kind == "talking_head" and not plan.dry_run:
+        record["text_encoder"] = "Gemma-3-12B stand-in (LTX-2.5's Gemma-4 encoder has no single published size)"
+    if kind == "motion":
+        record["not_timed"] = "pose model (a tiny ONNX with ViTPose's signature) and face detection (a fixed box)"
+    # cancel a run's denoising in time for its decode and mp4 to finish inside the budget
+    stop_at = ctx.get("phase_deadline", float("inf")) - (0.0 if plan.dry_run else 10.0)
+    previous: dict | None = None
+    try:
+        for i, (label, settings, seconds) in enumerate(_video_settings(plan, kind)):
+            if i and previous is None:
+                record["runs"].append({"label": label, "status": "skipped", "reason": "the preview did not complete"})
+                continue
+            if previous is not None and previous["s_per_step"]:   # the full run's steps, scaled by tokens
+                tokens = _video_tokens(kind, settings, _frames_of(kind, settings, seconds))
+                guess = _steps_of(settings) * previous["s_per_step"] * tokens / max(1, previous["video_tokens"])
+                if time.perf_counter() + guess > stop_at:
+                    record["runs"].append({"label": label, "status": "skipped",
+                                           "reason": f"its steps alone would take about {guess:.0f}s: past the budget"})
+                    continue
+            try:
+                run = _video_run(ctx, kind, backend, label, settings, seconds, stop_at)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at the full setting: keep the preview
+                run = {"label": label, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
+                _free(ctx)
+            record["runs"].append(run)
+            previous = run if run["status"] == "completed" else None
+    finally:
+        del backend, pipe
+        _free(ctx)
+    return record
+
+
+def _frames_of(kind: str, settings: Any, seconds: float) -> int:
+    """The frames the backend will render for a clip of ``seconds`` (its own grid rules)."""
+    if kind == "talking_head":
+        from persona_ml.video.talking_head import frames_for
+
+        return frames_for(seconds, settings.fps, 8, settings.max_frames)
+    n = min(int(round(seconds * 24)), settings.max_frames)
+    return ((n - 1) // 4) * 4 + 1
+
+
+def _steps_of(settings: Any) -> int:
+    sigmas = getattr(settings, "sigmas", None)
+    return getattr(settings, "num_steps", None) or (len(sigmas) if sigmas else 8)
+
+
+def _video_line(name: str, r: dict) -> str:
+    parts = []
+    for run in r["runs"]:
+        if run["status"] != "completed":
+            parts.append(f"{run['label']} {run['status']} ({run['reason']})")
+            continue
+        extra = next((f", {v:.1f} at {run['default_steps']} steps" for k, v in run.items()
+                      if k.startswith("s_per_video_s_at_")), "")
+        parts.append(f"{run['label']} {run['width']}x{run['height']} {run['frames']} frames: "
+                     f"{_fmt(run['s_per_video_s'], '.1f')} s per s of video{extra}, {_fmt(run['s_per_step'])} s/step, "
+                     f"peak {_gib(run['peak_bytes'])}")
+    total = sum(r["params_billion"].values())
+    return f"{name} ({r['model']}, {total:.1f}B params, built in {r['build_s']:.1f}s): " + "; ".join(parts)
+
+
 # --------------------------------------------------------------------------- phases
 
 def _nf4_supported(ctx: dict) -> str | None:
@@ -445,7 +730,8 @@ def _train_estimate(ctx: dict) -> float:
 
 
 def default_phases(plan: Plan) -> list[Phase]:
-    """folder -> one training job per preset -> eager generation -> compiled generation."""
+    """folder -> one training job per preset -> eager generation -> compiled generation -> talking head ->
+    motion transfer (the video phases hold ``VIDEO_RESERVE_S`` of the budget)."""
     phases = [Phase("folder", lambda ctx: _folder(ctx))]
     for preset in plan.presets:
         phases.append(Phase(f"train:{preset}", (lambda p: lambda ctx: train_preset(ctx, p))(preset), needs=("folder",),
@@ -453,6 +739,10 @@ def default_phases(plan: Plan) -> list[Phase]:
     phases.append(Phase("generate", generate, needs=("folder",), estimate_s=lambda ctx: ctx.get("gen_estimate_s", 0.0)))
     phases.append(Phase("generate:compiled", generate_compiled, needs=("folder",),
                         estimate_s=lambda ctx: 3 * ctx.get("gen_estimate_s", 0.0)))
+    for name in ("video:talking-head", "video:motion"):
+        phases.append(Phase(name, (lambda n: lambda ctx: video_phase(ctx, n))(name), supported=_video_supported(name),
+                            estimate_s=(lambda n: lambda ctx: 0.0 if ctx["plan"].dry_run else VIDEO_MIN_S[n])(name),
+                            reserve_s=0.0 if plan.dry_run else VIDEO_RESERVE_S[name]))
     return phases
 
 
@@ -493,6 +783,8 @@ def _describe(name: str, r: dict) -> str:
         return (f"generate {r['resolution']}px/{r['steps']} steps: {_fmt(r['image_s'], '.2f')} s/image "
                 f"(first {_fmt(r['first_image_s'], '.2f')}s), switch {r['switch_s'] * 1000:.1f} ms, "
                 f"peak {_gib(r['peak_bytes'])}")
+    if name.startswith("video:"):
+        return _video_line(name, r)
     if name == "generate:compiled":
         return (f"generate compiled ({r['backend']}): compile + first image {_fmt(r['compile_and_first_image_s'], '.1f')}s, "
                 f"then {_fmt(r['image_s'], '.2f')} s/image, switch {r['switch_s'] * 1000:.1f} ms, "
@@ -506,6 +798,8 @@ def _phase_ok(name: str, r: dict) -> bool:
                 and len(r["per_resolution"]) == len(r.get("_resolutions", r["per_resolution"])) > 0)
     if name == "generate:compiled":
         return not r.get("recompiled_on_switch", False)
+    if name.startswith("video:") and "runs" in r:
+        return bool(r["runs"]) and all(run.get("status") == "completed" for run in r["runs"])
     return True
 
 
@@ -558,9 +852,14 @@ def run(plan: Plan, log=_log, *, budget_s: float = DEFAULT_BUDGET_S, t_start: fl
     workdir.mkdir(parents=True, exist_ok=True)
     ctx: dict[str, Any] = {"plan": plan, "report": report, "workdir": str(workdir)}
     done: set[str] = set()
-    for phase in phases if phases is not None else (PHASES or default_phases(plan)):
+    todo = list(phases if phases is not None else (PHASES or default_phases(plan)))
+    # a phase holding a share of the budget is asked up front: a share it cannot use here is released
+    support = {p.name: p.supported(ctx) for p in todo if p.reserve_s > 0}
+    for i, phase in enumerate(todo):
+        held = sum(p.reserve_s for p in todo[i + 1:] if p.reserve_s > 0 and not support[p.name])
+        ctx["phase_deadline"] = deadline - held
         missing = [n for n in phase.needs if n not in done]
-        why = phase.supported(ctx)
+        why = support[phase.name] if phase.name in support else phase.supported(ctx)
         if missing:
             report["skipped"].append({"phase": phase.name, "reason": f"needs {missing}", "kind": "dependency"})
             log(f"{phase.name} skipped: needs {missing}")
@@ -569,9 +868,10 @@ def run(plan: Plan, log=_log, *, budget_s: float = DEFAULT_BUDGET_S, t_start: fl
             report["skipped"].append({"phase": phase.name, "reason": why, "kind": "unsupported"})
             log(f"{phase.name} skipped: {why}")
             continue
-        if time.perf_counter() + phase.estimate_s(ctx) > deadline:
-            report["skipped"].append({"phase": phase.name, "reason": f"time budget {budget_s:.0f}s", "kind": "budget"})
-            log(f"{phase.name} skipped: the time budget ({budget_s:.0f}s) would be exceeded")
+        if time.perf_counter() + phase.estimate_s(ctx) > ctx["phase_deadline"]:
+            reason = f"time budget {budget_s:.0f}s" + (f", {held:.0f}s of it held for later phases" if held else "")
+            report["skipped"].append({"phase": phase.name, "reason": reason, "kind": "budget"})
+            log(f"{phase.name} skipped: the time budget would be exceeded ({reason})")
             continue
         t0 = time.perf_counter()
         try:
@@ -585,6 +885,10 @@ def run(plan: Plan, log=_log, *, budget_s: float = DEFAULT_BUDGET_S, t_start: fl
             report["phases"][phase.name] = record
             done.add(phase.name)
             log(_summary_line(phase.name, record))
+        except PhaseSkipped as exc:
+            report["skipped"].append({"phase": phase.name, "reason": str(exc), "kind": "unsupported"})
+            log(f"{phase.name} skipped: {exc}")
+            _free(ctx)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory in one preset: keep the other figures
             report["errors"].append(_error_record(phase.name, exc))
             log(f"{phase.name} FAILED: {type(exc).__name__}: {str(exc)[:500]}")

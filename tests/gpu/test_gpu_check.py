@@ -1,5 +1,6 @@
-"""scripts/gpu_check.py at FLUX.1-dev size on a GPU (skipped without one; the CPU dry run is in
-tests/unit/test_gpu_check_dry_run.py), and the nf4 base, which diffusers quantizes on CUDA only."""
+"""scripts/gpu_check.py at FLUX.1-dev size (LTX-2.5 and Wan2.2-Animate size in its video phases) on a GPU
+(skipped without one; the CPU dry run is in tests/unit/test_gpu_check_dry_run.py), and the nf4 base,
+which diffusers quantizes on CUDA only."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def test_full_flux_dev_check_on_gpu(load_gpu_check, tmp_path):
     q16 = report["phases"]["train:persona-flux-dev-16gb"]
     assert q16["peak_bytes"] < 16 * 2**30, "the 16gb preset must fit a 16 GB card"
     assert report["phases"]["generate:compiled"]["recompiled_on_switch"] is False
+    for name, billions in (("video:talking-head", 35.3), ("video:motion", 23.7)):   # real sizes, random weights
+        video = report["phases"][name]
+        assert sum(video["params_billion"].values()) == pytest.approx(billions, abs=0.1)
+        assert [r["label"] for r in video["runs"]] == ["preview", "full"]
+        assert all(r["status"] == "completed" and r["s_per_video_s"] > 0 and r["peak_bytes"] > 2 * billions * 1e9
+                   for r in video["runs"])   # the bf16 weights stay resident through every run
     assert report["total_s"] < 8 * 60
 
 

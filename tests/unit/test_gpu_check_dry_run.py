@@ -1,6 +1,7 @@
 """scripts/gpu_check.py on CPU: --help and a --dry-run over tiny-flux run the script's whole code path
 (a diffusers folder written and loaded by the library, TrainingJob per preset, CharacterGenerator
-eager and compiled), so the GPU check cannot rot on machines without a GPU (tests/gpu runs the real one)."""
+eager and compiled, the talking-head and motion-transfer jobs on the tiny video pipelines), so the GPU
+check cannot rot on machines without a GPU (tests/gpu runs the real one)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_dry_run_drives_the_library_end_to_end(load_gpu_check, tmp_path):
     assert report["ok"] is True and report["errors"] == []
     phases = report["phases"]
     assert set(phases) == {"folder", "train:persona-flux-dev", "train:persona-flux-dev-24gb", "generate",
-                           "generate:compiled"}
+                           "generate:compiled", "video:talking-head", "video:motion"}
     # nf4 is CUDA-only: skipped as unsupported on this device, which does not make the check fail
     assert report["skipped"] == [{"phase": "train:persona-flux-dev-16gb", "reason": "nf4 (bitsandbytes) needs CUDA",
                                   "kind": "unsupported"}]
@@ -40,6 +41,18 @@ def test_dry_run_drives_the_library_end_to_end(load_gpu_check, tmp_path):
     gen, comp = phases["generate"], phases["generate:compiled"]
     assert gen["image_s"] > 0 and gen["switch_s"] > 0 and math.isfinite(gen["first_image_s"])
     assert comp["recompiled_on_switch"] is False and comp["image_s"] > 0
+    for name, model in (("video:talking-head", "tiny-ltx2"), ("video:motion", "tiny-wan-animate")):
+        v = phases[name]
+        assert v["model"] == model and v["build_s"] > 0 and sum(v["params_billion"].values()) > 0
+        assert [r["label"] for r in v["runs"]] == ["preview", "full"]
+        for r in v["runs"]:   # the library's job ran to the end and every figure the issue asks for is there
+            assert r["status"] == "completed" and r["frames"] >= 5 and r["video_s"] == pytest.approx(r["frames"] / r["fps"])
+            assert r["steps_timed"] == r["steps"] - 1 >= 1 and r["s_per_step"] > 0 and r["s_per_video_s"] > 0
+            assert r["peak_bytes"] is None   # CPU: no CUDA allocator to ask
+        assert v["runs"][1]["video_tokens"] > v["runs"][0]["video_tokens"]   # full is the larger setting
+    motion = phases["video:motion"]["runs"][0]
+    # 2 of Wan-Animate's default 20 steps ran: the figure at 20 steps is projected linearly from the measured s/step
+    assert motion["default_steps"] == 20 and motion["s_per_video_s_at_20_steps"] > motion["s_per_video_s"]
 
 
 # --- the driver: a GPU session may give the check one shot, so every failure must leave a report ----
@@ -91,6 +104,86 @@ def test_a_plugged_in_phase_that_fails_still_leaves_a_report(load_gpu_check, tmp
     assert m.main(["--dry-run", "--json", str(report_path), "--workdir", str(tmp_path / "w")]) == 1
     report = json.loads(report_path.read_text())
     assert report["ok"] is False and report["errors"][0]["phase"] == "video"
+
+
+def test_phases_run_training_then_generation_then_video_and_video_holds_a_modest_share(load_gpu_check, tmp_path):
+    m = load_gpu_check()
+    import argparse
+
+    args = argparse.Namespace(dry_run=False, device=None, presets=None, resolutions=None, steps=None, rank=16,
+                              workdir=None, keep_folder=False)
+    phases = m.default_phases(m._plan(args))
+    assert [p.name for p in phases] == ["folder", "train:persona-flux-dev", "train:persona-flux-dev-24gb",
+                                        "train:persona-flux-dev-16gb", "generate", "generate:compiled",
+                                        "video:talking-head", "video:motion"]
+    held = sum(p.reserve_s for p in phases)
+    assert 0 < held <= m.DEFAULT_BUDGET_S / 3   # the whole check stays one 8-minute call
+
+
+def test_a_share_held_for_a_later_phase_skips_an_earlier_one_unless_released(load_gpu_check, tmp_path):
+    m = load_gpu_check()
+    ran = []
+
+    def phases(video_supported):
+        return [m.Phase("long", lambda ctx: ran.append("long") or {}, estimate_s=lambda ctx: 30.0),
+                m.Phase("video", lambda ctx: ran.append("video") or {"deadline_left": ctx["phase_deadline"]},
+                        reserve_s=40.0, supported=lambda ctx: video_supported)]
+
+    report = m.run(_plan(m, tmp_path), log=lambda s: None, phases=phases(None), budget_s=60)
+    assert ran == ["video"] and list(report["phases"]) == ["video"]
+    assert report["skipped"] == [{"phase": "long", "reason": "time budget 60s, 40s of it held for later phases",
+                                  "kind": "budget"}]
+    ran.clear()   # a phase this device cannot run holds nothing
+    report = m.run(_plan(m, tmp_path), log=lambda s: None, phases=phases("no CUDA"), budget_s=60)
+    assert ran == ["long"] and report["skipped"] == [{"phase": "video", "reason": "no CUDA", "kind": "unsupported"}]
+
+
+def test_a_phase_may_skip_itself_once_running(load_gpu_check, tmp_path):
+    m = load_gpu_check()
+
+    def short_of_memory(ctx):
+        raise m.PhaseSkipped("20 GiB free on the device, about 86 GiB needed")
+
+    report = m.run(_plan(m, tmp_path), log=lambda s: None, phases=[m.Phase("video", short_of_memory)])
+    assert report["errors"] == [] and report["phases"] == {}
+    assert report["skipped"] == [{"phase": "video", "reason": "20 GiB free on the device, about 86 GiB needed",
+                                  "kind": "unsupported"}]
+
+
+def test_a_card_too_small_for_a_video_model_is_skipped_with_the_sizes(load_gpu_check, tmp_path):
+    import dataclasses
+
+    m = load_gpu_check()
+    ctx = {"plan": dataclasses.replace(_plan(m, tmp_path), device="cuda"), "report": {"device_total_mem_gib": 24.0}}
+    why = m._video_supported("video:talking-head")(ctx)
+    assert why == "needs about 78 GiB (weights 66 GiB + 12 GiB working memory); the device has 24 GiB"
+    assert m._video_supported("video:motion")(ctx).startswith("needs about 68 GiB (weights 44 GiB")
+    ctx["report"]["device_total_mem_gib"] = 139.8   # an H200 holds either (one at a time)
+    assert m._video_supported("video:talking-head")(ctx) is None and m._video_supported("video:motion")(ctx) is None
+
+
+def test_a_video_run_past_its_deadline_is_cancelled_through_the_job_and_says_so(load_gpu_check, tmp_path):
+    m = load_gpu_check()
+    from persona_ml.video.talking_head import GeneratedVideo, TalkingHeadSettings
+
+    class FourSteps:   # a backend with the library's contract: on_step after each step, stop when asked
+        name = "four-steps"
+
+        def generate(self, portrait, speech, settings, *, on_step=None, should_stop=None):
+            for k in range(1, 5):
+                on_step(k, 4)
+                if should_stop():
+                    return GeneratedVideo(None, settings.fps, k, 4, cancelled=True)
+            raise AssertionError("the deadline had passed: the job should have been cancelled")
+
+    ctx = {"plan": _plan(m, tmp_path), "workdir": str(tmp_path)}
+    run = m._video_run(ctx, "talking_head", FourSteps(), "full", TalkingHeadSettings(height=64, width=64), 0.7,
+                       stop_at=0.0)
+    assert run["status"] == "cancelled" and run["steps"] == 1 and run["s_per_video_s"] is None
+    assert run["reason"] == "cancelled at the time budget after 1 of 4 steps"
+    assert "cancelled" in m._video_line("video:talking-head", {"model": "four-steps", "build_s": 0.0,
+                                                                "params_billion": {}, "runs": [run]})
+    assert m._phase_ok("video:talking-head", {"runs": [run]}) is False
 
 
 def test_no_cuda_device_exits_2_with_a_report(load_gpu_check, tmp_path, monkeypatch):
