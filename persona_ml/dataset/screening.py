@@ -64,7 +64,7 @@ from ..faces.quality import crop_box, exposure_stats, pose_of, to_gray
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, LoadedImage, list_images, load_image
 from .borders import Borders, content_box, flat_free_area
-from .copies import RegionSignature, copy_score, region_signature
+from .copies import RegionSignature, copy_score, detail_profile, region_signature, upscaled_by
 from .crops import framing_of
 from .phash import hamming, phash_pair
 from .report import Coverage, DatasetReport, ScreenedImage
@@ -206,6 +206,7 @@ class _Candidate:
     signature: RegionSignature | None = None
     box_signatures: tuple[RegionSignature, ...] = ()
     cut_fraction: float = 0.0
+    detail: tuple[float, ...] | None = None   # copies.detail_profile of the face crop (enlarged copies)
 
 
 def screen_dataset(images: Any, profile: Any, embedder: Any, *, config: ScreeningConfig | None = None,
@@ -445,6 +446,7 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
                      yaw=None if face.pose is None else round(float(face.pose[0]), 1),
                      detector=(face.extra or {}).get("detector"), face_outside=round(c.cut_fraction, 3))
     c.signature = region_signature(gray, face.landmarks, face.bbox, c.borders.box)
+    c.detail = detail_profile(crop_box(gray, face.bbox))
     # landmarks of a face cut by the frame are guesses: pairs with one compare box-anchored frames
     c.box_signatures = tuple(region_signature(gray, None, raw, c.borders.box, k) for k in BOX_SCALES)
     bigger = [o for o in seen if o["fraction"] >= thr["other_face_min_fraction"]]
@@ -598,8 +600,24 @@ def _content_area(c: _Candidate) -> int:
     return int(c.size[0] * c.size[1]) if c.size else 0
 
 
+def _enlarged_copies(members: list[_Candidate]) -> dict[int, dict]:
+    """Members that are enlargements of a smaller member (no detail beyond its resolution), by index:
+    the smaller copy, the face-size factor and the detail ratio (see ``copies.upscaled_by``)."""
+    out: dict[int, dict] = {}
+    for a in members:
+        for b in members:
+            if a is b:
+                continue
+            factor = float(a.face.face_size) / max(1.0, float(b.face.face_size))
+            rho = upscaled_by(a.detail, b.detail, factor)
+            if rho is not None and factor > out.get(a.index, {}).get("factor", 0.0):
+                out[a.index] = {"of": b.source, "factor": round(factor, 2), "detail_ratio": round(rho, 3)}
+    return out
+
+
 def _best_copy(members: list[_Candidate]) -> _Candidate:
-    """The copy to keep: the most real content (pixels inside the borders and flat edge runs:
+    """The copy to keep: never an enlargement of another member (it has more pixels, not more
+    detail), then the most real content (pixels inside the borders and flat edge runs:
     scene and resolution together), then no bars, the larger face, the more colourful (a desaturated edit lost
     information), the less blocky (a recompressed copy), the sharper, the earlier. Each step keeps
     everything within a small tolerance of the best, so detector jitter does not decide."""
@@ -607,7 +625,12 @@ def _best_copy(members: list[_Candidate]) -> _Candidate:
         best = max(value(c) for c in pool)
         return [c for c in pool if value(c) >= best - tol(best)]
 
-    pool = narrow(members, _flat_free_area, lambda b: 0.03 * b)
+    enlarged = _enlarged_copies(members)
+    pool = [c for c in members if c.index not in enlarged] or members
+    for c in members:
+        if c.index in enlarged:
+            c.metrics["enlarged_copy"] = enlarged[c.index]
+    pool = narrow(pool, _flat_free_area, lambda b: 0.03 * b)
     pool = narrow(pool, lambda c: -(c.borders.border_fraction if c.borders else 0.0), lambda b: 0.005)
     pool = narrow(pool, lambda c: float(c.face.face_size), lambda b: 0.03 * b)
     pool = narrow(pool, lambda c: float(c.metrics.get("colourfulness", 0.0)), lambda b: max(1.5, 0.08 * b))
@@ -650,6 +673,9 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
                 key, ev = next((k, v) for k, v in sorted(evidence.items()) if c.index in k)
                 partner = next(m for m in members if m.index == (key[0] if key[1] == c.index else key[1]))
             how = "a mirrored copy" if ev["mirrored"] else "a copy"
+            if "enlarged_copy" in c.metrics:
+                how = (f"an enlarged ({c.metrics['enlarged_copy']['factor']:.2f}x, no detail beyond the original's) "
+                       f"{'mirrored copy' if ev['mirrored'] else 'copy'}")
             kept_note = ("the one with more real image content is kept" if partner is keep
                          else f"{Path(keep.source).name}, the best of this group of copies, is kept")
             message = (f"{how} of {Path(partner.source).name}, one shot (surroundings match "

@@ -71,7 +71,8 @@ def test_prepare_with_override_satisfies_rules(case, first_run):
     assert codes == {"intruder.jpg": "identity_mismatch", "couple.jpg": "multiple_faces"}
     flagged = sorted(a["source"].rsplit("/", 1)[-1] for a in report["accepted"]
                      if any(w["code"] == "near_duplicate" for w in a["warnings"]))
-    assert flagged == ["crop_img4.jpg", "crop_img7.jpg", "img11.jpg"]  # the full photos are the ones kept clean
+    # the full photos are the ones kept clean; of img11 and its mirrored enlargement, img11
+    assert flagged == ["crop_img4.jpg", "crop_img7.jpg", "img11_reflection.jpg"]
     assert report["overrides"] == ["allow_near_duplicates"]
     prepared = report["prepared"]
     assert prepared["ok"] and prepared["num_source_images"] >= 10

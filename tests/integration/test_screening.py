@@ -111,8 +111,8 @@ def test_every_bad_photo_rejected_with_its_code(angelina_case, embedder, analyze
     codes = {Path(s.source).name: s.code for s in report.images}
     assert codes == {
         "img1.jpg": None, "img2.jpg": None, "img4.jpg": None, "img6.jpg": None, "img7.jpg": None,
-        "img10.jpg": None, "img11_reflection.jpg": None,
-        "img11.jpg": "near_duplicate",            # mirrored copy of img11_reflection (the larger one is kept)
+        "img10.jpg": None, "img11.jpg": None,
+        "img11_reflection.jpg": "near_duplicate",  # a mirrored ~1.95x enlargement of img11: more pixels, no more detail
         "img2_copy.jpg": "duplicate",             # same bytes
         "img4_resaved.png": "duplicate",          # same decoded pixels
         "couple.jpg": "multiple_faces",           # group photo: never trained on
@@ -124,9 +124,10 @@ def test_every_bad_photo_rejected_with_its_code(angelina_case, embedder, analyze
         "shrunk.png": "face_too_small",
         "img8.jpg": "identity_mismatch",
     }
-    near = report.by_source("img11.jpg")
-    assert near.duplicate_of.endswith("img11_reflection.jpg")
+    near = report.by_source("img11_reflection.jpg")
+    assert near.duplicate_of.endswith("img11.jpg")
     assert near.metrics["near_duplicate"]["mirrored"] and "mirrored copy" in near.reason
+    assert near.metrics["enlarged_copy"]["of"].endswith("img11.jpg") and "enlarged" in near.reason
     assert report.by_source("img2_copy.jpg").duplicate_of.endswith("img2.jpg")
     assert "same pixels" in report.by_source("img4_resaved.png").reason
     for s in report.rejected:
@@ -155,7 +156,7 @@ def test_report_json_summary_and_coverage(angelina_case, embedder, analyzed):
 def test_near_duplicate_override_keeps_but_flags(angelina_case, embedder, analyzed):
     paths, profile = angelina_case
     report = screen(paths, profile, embedder, analyzed, allow_near_duplicates=True)
-    kept = report.by_source("img11.jpg")
+    kept = report.by_source("img11_reflection.jpg")
     assert kept.accepted and [w["code"] for w in kept.warnings] == ["near_duplicate"]
     assert report.overrides == ("allow_near_duplicates",)
     assert "overrides in force: allow_near_duplicates" in report.summary()
@@ -173,8 +174,8 @@ def test_full_path_from_a_folder(shared_faces, embedder, tmp_path, angelina_case
     shutil.copy(shared_faces / "groups" / "couple.jpg", tmp_path / "couple.jpg")
     report = screen_dataset(tmp_path, profile, embedder, batch_size=2)
     assert {Path(s.source).name: s.code for s in report.images} == {
-        "couple.jpg": "multiple_faces", "img1.jpg": None, "img11.jpg": "near_duplicate",
-        "img11_reflection.jpg": None}
+        "couple.jpg": "multiple_faces", "img1.jpg": None, "img11.jpg": None,
+        "img11_reflection.jpg": "near_duplicate"}
     assert report.timings["detect_embed"] > 0
 
 
@@ -571,3 +572,31 @@ def test_second_pass_finds_a_person_the_first_pass_was_too_coarse_to_see(shared_
     assert any(o["detector"] == "second pass (hog)" for o in s.metrics["other_faces"])
     off = screen_dataset([path], None, embedder, config=ScreeningConfig(second_pass="off"))
     assert off.images[0].accepted
+
+
+def test_an_enlarged_copy_is_not_kept_over_its_original_but_a_real_larger_shot_is(shared_faces, embedder, analyzed,
+                                                                                   tmp_path):
+    """img11_reflection.jpg (MANIFEST: a mirrored copy of img11.jpg) is also a ~1.95x enlargement: it has more
+    pixels, not more detail. A half-size copy of a photo loses to the full-size original."""
+    people = shared_faces / "people"
+    full = people / "deepface_p08" / "img47.jpg"
+    im = Image.open(full).convert("RGB")
+    half = tmp_path / "img47_half.jpg"
+    im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(half, quality=95)
+    enlarged = tmp_path / "img1_enlarged.jpg"
+    src = Image.open(people / "angelina" / "img1.jpg").convert("RGB")
+    small = tmp_path / "img1_small.jpg"
+    src.resize((src.width // 2, src.height // 2), Image.LANCZOS).save(small, quality=95)
+    Image.open(small).resize((src.width * 3 // 4, src.height * 3 // 4), Image.BICUBIC).save(enlarged, quality=95)
+
+    for kept, dropped, factor in [(people / "angelina" / "img11.jpg", people / "angelina" / "img11_reflection.jpg",
+                                   1.9), (full, half, None), (small, enlarged, 1.4)]:
+        paths = [str(dropped), str(kept)]  # the larger copy first: order does not decide
+        report = screen_dataset(paths, None, embedder, faces=analyzed(paths))
+        assert [Path(i.source).name for i in report.accepted] == [kept.name]
+        (rej,) = report.rejected
+        assert rej.code == "near_duplicate" and Path(rej.source).name == dropped.name
+        if factor is None:
+            assert "enlarged_copy" not in rej.metrics and "enlarged" not in rej.reason
+        else:
+            assert rej.metrics["enlarged_copy"]["factor"] > factor and "enlarged" in rej.reason

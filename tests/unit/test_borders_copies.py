@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from persona_ml.dataset.borders import content_box, flat_free_area
-from persona_ml.dataset.copies import copy_score, region_signature
+from persona_ml.dataset.copies import copy_score, detail_profile, region_signature, upscaled_by
 from persona_ml.dataset.prepare import PrepareConfig, plan_crops
 
 
@@ -148,3 +148,15 @@ def test_a_tight_crop_shares_too_little_to_be_compared():
     tight = photo[270:320, 370:430]           # only the eyes' strip
     sig = _sig(tight, ((10.0, 10.0), (50.0, 10.0)))
     assert copy_score(_sig(photo, eyes), sig) == (0.0, False, 0.0)
+
+
+@pytest.mark.parametrize("factor", [1.5, 2.0])
+def test_an_enlargement_has_no_detail_beyond_its_source_and_a_genuine_larger_copy_does(factor):
+    big = gray(jpeg(scene(7, (480, 480)), 92))
+    small = np.asarray(Image.fromarray(big).resize((round(480 / factor),) * 2, Image.LANCZOS))
+    enlarged = np.asarray(Image.fromarray(small).resize((480, 480), Image.BICUBIC))
+    p_big, p_small, p_enlarged = detail_profile(big), detail_profile(small), detail_profile(enlarged)
+    assert upscaled_by(p_enlarged, p_small, factor) is not None          # made by enlarging the smaller copy
+    assert upscaled_by(p_big, p_small, factor) is None                   # the real high-resolution shot
+    assert upscaled_by(p_enlarged, p_small, 1.05) is None                # same size: nothing to decide
+    assert detail_profile(big[:40, :40]) is None and detail_profile(np.full((200, 200), 128, np.uint8)) is None
