@@ -676,7 +676,8 @@ def _near_duplicates(cands: list[_Candidate], thr: dict, cfg: ScreeningConfig) -
             if "enlarged_copy" in c.metrics:
                 how = (f"an enlarged ({c.metrics['enlarged_copy']['factor']:.2f}x, no detail beyond the original's) "
                        f"{'mirrored copy' if ev['mirrored'] else 'copy'}")
-            kept_note = ("the one with more real image content is kept" if partner is keep
+            kept_note = ("the original is kept" if "enlarged_copy" in c.metrics and partner is keep
+                         else "the one with more real image content is kept" if partner is keep
                          else f"{Path(keep.source).name}, the best of this group of copies, is kept")
             message = (f"{how} of {Path(partner.source).name}, one shot (surroundings match "
                        f"{ev['region_score']:.2f}, hash distance "
