@@ -63,7 +63,7 @@ from ..errors import BackendError, FaceError, InputError, PersonaMLError
 from ..faces.quality import crop_box, exposure_stats, pose_of, to_gray
 from ..faces.types import FaceObservation
 from ..images import ImageLimits, LoadedImage, list_images, load_image
-from .borders import Borders, content_box
+from .borders import Borders, content_box, flat_free_area
 from .copies import RegionSignature, copy_score, region_signature
 from .crops import framing_of
 from .phash import hamming, phash_pair
@@ -404,7 +404,7 @@ def _measure(c: _Candidate, img: LoadedImage, result: Any, profile: Any, thr: di
     c.hashes = phash_pair(gray[by0:by1, bx0:bx1])
     c.metrics["colourfulness"] = round(_colourfulness(img.pixels[by0:by1:8, bx0:bx1:8]), 2)
     c.metrics["blockiness"] = round(_blockiness(gray), 4)
-    c.metrics["flat_free_area"] = content_box(gray[by0:by1, bx0:bx1], min_edge_share=0.0).content_area
+    c.metrics["flat_free_area"] = flat_free_area(gray[by0:by1, bx0:bx1])
     c.metrics["phash"] = f"{c.hashes[0]:016x}"
     if isinstance(result, BackendError):  # the face backend failed: not a verdict on the user's photo
         raise result

@@ -54,6 +54,7 @@ CNN_FILE = "mmod_human_face_detector.dat"
 # the smallest face side (pixels at the scale it runs) that each detector finds
 HOG_MIN_FACE_PX = 80.0
 CNN_MIN_FACE_PX = 80.0
+HOG_HALF_STEP = math.sqrt(6 / 5)  # half a step of dlib's image pyramid (pyramid_down<6>)
 HOG_VIEWS = ("front", "left", "right", "front_rolled_left", "front_rolled_right")
 # HOG candidates scoring between this and the detection threshold are kept as hints of faces it
 # could not confirm (turned, half hidden); screening may ask the CNN about them
@@ -345,10 +346,12 @@ class DlibBackend:
                      first_pass_scale: float | None = None, max_hog_pixels: int = 2_000_000) -> dict[str, Any]:
         """Look for faces of at least ``min_face_px`` that the first pass did not report.
 
-        A HOG pass at a finer scale runs when the first pass could not see faces that small
-        (``first_pass_scale``: its detector pixels per image pixel). The CNN runs on the whole
+        A HOG pass at a finer scale runs when the first pass could not see faces that small (by more
+        than half a step of HOG's pyramid; ``first_pass_scale``: its detector pixels per image
+        pixel). The CNN runs on the whole
         photo when ``cnn`` is ``"always"``; with ``"auto"`` only around HOG hints (candidates HOG
-        could not confirm, at most 2, each at the scale that shows it at about 100 px) of that
+        could not confirm, at most 2, each in a region two hint boxes wide at the scale that shows it
+        at about 90 px; one candidate seen by both HOG passes is one hint) of that
         size outside the known faces; ``"off"``: never.
         Boxes overlapping a known face are dropped.
 
@@ -364,9 +367,16 @@ class DlibBackend:
         passes: dict[str, dict[str, float]] = {}
         known = [tuple(float(v) for v in b) for b in known]
         scale0 = first_pass_scale if first_pass_scale is not None else 1.0
-        hint_boxes = [b for b in hints if min(b[2] - b[0], b[3] - b[1]) >= min_face_px
-                      and not any(_overlaps(b, k) for k in known)]
-        if HOG_MIN_FACE_PX / scale0 > min_face_px * 1.05:
+        hint_boxes: list[tuple[float, ...]] = []
+        for b in hints:
+            b = tuple(float(v) for v in b)
+            if (min(b[2] - b[0], b[3] - b[1]) >= min_face_px and not any(_overlaps(b, k) for k in known)
+                    and not any(_overlaps(b, k) for k in hint_boxes)):
+                hint_boxes.append(b)
+        # HOG's pyramid steps by 6/5, so its boxes come in sizes 1.2x apart and a face within half
+        # a step of the smallest size a pass sees is seen at that size: a finer pass is run only
+        # when the first pass's smallest face is more than half a step above the size asked for
+        if HOG_MIN_FACE_PX / scale0 > min_face_px * HOG_HALF_STEP:
             t0 = time.perf_counter()
             scale = min(2.0, HOG_MIN_FACE_PX / min_face_px, math.sqrt(max_hog_pixels / float(h * w)))
             arr, scale = _resized(px, scale)
@@ -377,21 +387,24 @@ class DlibBackend:
                     found.append({"bbox": b, "detector": "hog", "score": round(score, 3), "view": HOG_VIEWS[i]})
             for box, _s, _i in fine_hints:
                 b = tuple(v / scale for v in box)
-                if min(b[2] - b[0], b[3] - b[1]) >= min_face_px and not any(_overlaps(b, k) for k in known):
+                # the same candidate seen again at the finer scale is one hint, not two
+                if (min(b[2] - b[0], b[3] - b[1]) >= min_face_px and not any(_overlaps(b, k) for k in known)
+                        and not any(_overlaps(b, k) for k in hint_boxes)):
                     hint_boxes.append(b)
             passes["hog_fine"] = {"seconds": time.perf_counter() - t0, "min_face_px": HOG_MIN_FACE_PX / scale}
         if cnn == "always" or (cnn == "auto" and hint_boxes):
             t0 = time.perf_counter()
             if cnn == "always":
                 boxes, smallest = self.detect_cnn(px, min_face_px)
-            else:  # only around each hint: a region three boxes wide costs a fraction of the photo
+            else:  # only around each hint: a region two boxes wide costs a fraction of the photo
                 boxes, smallest = [], float("inf")
                 for hb in hint_boxes[:2]:
                     side = max(hb[2] - hb[0], hb[3] - hb[1])
-                    region = (max(0, int(hb[0] - side)), max(0, int(hb[1] - side)),
-                              min(w, int(hb[2] + side)), min(h, int(hb[3] + side)))
-                    # at the scale that shows the hinted face at ~100 px (the CNN finds >= 80 px)
-                    found_here, small = self.detect_cnn(px, max(min_face_px, 0.8 * side), region=region)
+                    m = 0.5 * side  # HOG's box can sit off the face by half its side, not more
+                    region = (max(0, int(hb[0] - m)), max(0, int(hb[1] - m)),
+                              min(w, int(hb[2] + m)), min(h, int(hb[3] + m)))
+                    # at the scale that shows the hinted face at ~90 px (the CNN finds >= 80 px)
+                    found_here, small = self.detect_cnn(px, max(min_face_px, 0.9 * side), region=region)
                     boxes += found_here
                     smallest = min(smallest, small)
             already = known + [f["bbox"] for f in found]

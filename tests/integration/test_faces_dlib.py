@@ -323,3 +323,23 @@ def test_face_too_small_for_a_reference(embedder, insightface_images):
         strict.embed_primary(small)
     assert info.value.code == "face_too_small" and info.value.details["limit"] == int(face.face_size) + 1
     assert embedder.embed_primary(small).face_size == face.face_size
+
+
+def test_second_pass_search_skips_a_finer_pass_within_half_a_pyramid_step_and_merges_hints(embedder):
+    # what search_faces decides before any detector output matters: which passes run and how many
+    # CNN regions a set of HOG hints costs
+    from persona_ml.images import load_image
+
+    rng = np.random.default_rng(0)
+    img = load_image((100 + 20 * rng.standard_normal((480, 640, 3))).clip(0, 255).astype(np.uint8))
+    backend = embedder.impl
+    # the first pass saw faces down to 80 / 0.5 = 160 px; 150 px asked: within half a step (1.095x)
+    near = backend.search_faces(img, [], 150.0, cnn="off", first_pass_scale=0.5)
+    assert "hog_fine" not in near["passes"]
+    # 120 px asked: 1.33x finer than the first pass saw, so a finer pass runs
+    far = backend.search_faces(img, [], 120.0, cnn="off", first_pass_scale=0.5)
+    assert far["passes"]["hog_fine"]["min_face_px"] <= 120.0 * 1.01
+    # two hints of one candidate (seen by both HOG passes) are one CNN region, a separate one another
+    hints = [(100, 100, 260, 260), (105, 98, 262, 255), (400, 200, 560, 360)]
+    res = backend.search_faces(img, [], 150.0, cnn="auto", hints=hints, first_pass_scale=0.5)
+    assert res["hints"] == 2 and "cnn" in res["passes"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from persona_ml.dataset.borders import content_box
+from persona_ml.dataset.borders import content_box, flat_free_area
 from persona_ml.dataset.copies import copy_score, region_signature
 from persona_ml.dataset.prepare import PrepareConfig, plan_crops
 
@@ -59,6 +59,41 @@ def test_scene_edges_and_flat_images_are_not_trimmed():
     flat = np.full((100, 100, 3), 200, np.uint8)
     b = content_box(flat)
     assert b.uniform and not b.any and b.box == (0, 0, 100, 100)
+
+
+def light_backdrop_photo() -> np.ndarray:
+    """A studio shot on a light backdrop (luma ~243; angelina/img7.jpg has 239): flat rows at the top
+    that the subject's head enters gradually, only ~12 levels off white (a hard edge is 16+)."""
+    yy, xx = np.mgrid[0:480, 0:640]
+    studio = np.full((480, 640, 3), 243, np.uint8)
+    studio[((xx - 320) / 120.0) ** 2 + ((yy - 330) / 200.0) ** 2 < 1] = 90
+    soft = np.asarray(Image.fromarray(studio).resize((64, 48), Image.BILINEAR).resize((640, 480), Image.BICUBIC))
+    noise = np.random.default_rng(7).normal(0, 1.2, soft.shape)
+    return np.clip(soft + noise, 0, 255).astype(np.uint8)
+
+
+def test_white_padding_beside_a_light_backdrop_is_trimmed():
+    # the photo's top rows are flat and only ~17 off the padding's white: no hard edge, but a step
+    # along the whole line at once
+    photo = light_backdrop_photo()
+    padded = np.full((560, 720, 3), 255, np.uint8)
+    padded[40:520, 40:680] = photo
+    b = content_box(jpeg(padded))
+    assert all(40 <= v <= 48 for v in b.trimmed.values()), b.trimmed
+    # the photo alone: its flat top is scene, not a bar
+    assert not content_box(jpeg(photo)).any
+    # what is left of real content once flat runs are gone is the same for the photo and its
+    # padded copy (the keep rule compares this)
+    x0, y0, x1, y1 = b.box
+    padded_g = gray(jpeg(padded))[y0:y1, x0:x1]
+    assert abs(flat_free_area(padded_g) - flat_free_area(gray(jpeg(photo)))) < 0.03 * photo.shape[0] * photo.shape[1]
+
+
+def test_a_gradient_or_a_head_entering_the_backdrop_is_not_a_step():
+    yy = np.arange(480, dtype=np.float32)[:, None, None]
+    grad = np.broadcast_to(255 - 0.2 * yy, (480, 640, 3)).copy()   # 1 luma level every 5 rows
+    grad[240:] = scene(6)[240:]
+    assert content_box(jpeg(grad.astype(np.uint8))).trimmed["top"] == 0
 
 
 def test_crops_stay_inside_the_content_box():
