@@ -6,9 +6,11 @@ Every case is a ``TrainingJob`` in its own process (peak memory is per process) 
 synthetic prepared dataset, with the same seed and steps:
 
 * ``baseline``      the shipped path: fp32, latent/text cache on (a reuse run: the cache is warmed
-                    first), batch 1, memory-ordered loading (encoders, release, transformer);
-* ``old-loading``   the same but the whole pipeline loaded before encoding, as the trainer did
-                    before memory-ordered loading (the encoders' call returns the full pipeline);
+                    first, so the encoders are not loaded at all: fingerprint, cache, transformer),
+                    batch 1;
+* ``old-loading``   the same but the whole pipeline loaded first and held through the run, as the
+                    trainer did before memory-ordered loading (the first load call returns the
+                    full pipeline);
 * ``bf16``          precision bf16;
 * ``cache-off``     the VAE and both text encoders run at every step and stay loaded;
 * ``int8``          the transformer int8 weight-only (torchao) under the LoRA, bf16 compute;
@@ -61,8 +63,8 @@ def run_one(case: str, steps: int, workdir: Path) -> dict:
     if case == "old-loading":
         held = {}
 
-        def whole(name, *, parts="all", **kw):   # the encoders' load brings the transformer too
-            if parts == "encoders":
+        def whole(name, *, parts="all", **kw):   # the first load (fingerprint or encoders) brings everything
+            if parts in ("none", "encoders") and "loaded" not in held:
                 held["loaded"] = loader(name, parts="all", **kw)
                 return held["loaded"]
             if parts == "transformer" and "loaded" in held:

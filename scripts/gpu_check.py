@@ -249,7 +249,7 @@ def train_preset(ctx: dict, preset: str) -> dict:
     overrides = [f"base_model={'flux' if plan.dry_run else 'flux-dev'}", f"base_model_path={ctx['folder']}",
                  "rules.mode=research", f"steps={steps}", f"checkpoint.every={steps}", "samples.every=-1",
                  f"data.resolutions={list(plan.resolutions)}", "data.caption_dropout=0.0",
-                 f"lora.rank={plan.rank}", f"lora.alpha={plan.rank}", f"cache.dir={work / 'cache'}",
+                 f"lora.rank={plan.rank}", f"lora.alpha={plan.rank}", f"cache.dir={work / 'cache' / preset}",
                  f"device={'cpu' if plan.device == 'cpu' else 'cuda'}", "data.face_loss_weight=2.0",
                  *(["data.max_sequence_length=32"] if plan.dry_run else []), *plan.extra_overrides]
     cfg = load_train_config(preset, overrides)

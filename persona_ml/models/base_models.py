@@ -128,7 +128,9 @@ class LoadedBaseModel:
         name: canonical model name (what LoRA metadata records as ``base_model``).
         spec: the resolved spec.
         pipeline: the ``diffusers.FluxPipeline``; with ``parts="encoders"`` its ``transformer`` is
-            ``None``, with ``parts="transformer"`` everything but the transformer and scheduler is.
+            ``None``, with ``parts="transformer"`` everything but the transformer and scheduler is,
+            with ``parts="vae"`` everything but the VAE and scheduler, with ``parts="none"``
+            everything but the scheduler.
         fingerprint: ``"sha256:<hex>"`` base-model identity (see module docstring).
         architecture: modelspec architecture id (``flux-1-dev``, ``flux-1-schnell``, ``flux-1``
             for another FLUX.1-sized model, ``flux`` for a Flux of other widths, ``tiny-flux``).
@@ -654,7 +656,8 @@ def _torch_dtype(dtype: str | torch.dtype):
     return getattr(torch, _DTYPES[dtype])
 
 
-PARTS = ("all", "encoders", "transformer")
+PARTS = ("all", "encoders", "transformer", "vae", "none")
+_WITH_TRANSFORMER = ("all", "transformer")
 
 
 def load_base_model(
@@ -670,14 +673,17 @@ def load_base_model(
 
     ``parts`` lets a trainer hold only what a phase needs: ``"encoders"`` loads the VAE, both
     text encoders, their tokenizers and the scheduler (no transformer); ``"transformer"`` loads
-    the transformer and the scheduler only. The fingerprint is the same for every part.
+    the transformer and the scheduler only; ``"vae"`` the VAE and the scheduler; ``"none"`` no
+    weights at all (the scheduler only): the folder is checked and fingerprinted, which on a warm
+    worker reads only headers and configs (the tensor hashes are cached, see
+    ``fingerprint_flux_dir``). The fingerprint is the same for every part.
 
     Args:
         name_or_spec: a model name/alias, or a spec from ``resolve_base_model``.
         dtype: ``torch.dtype`` or ``"fp32"|"bf16"|"fp16"`` (and the long spellings).
         device: where the pipeline is moved.
         path: explicit model folder (only with a name).
-        parts: ``"all"``, ``"encoders"`` or ``"transformer"``.
+        parts: ``"all"``, ``"encoders"``, ``"transformer"``, ``"vae"`` or ``"none"``.
         quantization: the transformer's scheme (``persona_ml.models.quantization.SCHEMES``), loaded
             through diffusers' ``quantization_config``; quantized weights stay where they load
             (CPU for tiny-flux on CPU, the GPU otherwise).
@@ -694,6 +700,8 @@ def load_base_model(
     Example:
         >>> base = load_base_model("tiny-flux", dtype="fp32", device="cpu")   # doctest: +SKIP
         >>> enc = load_base_model("flux-dev", dtype="bf16", device="cuda", parts="encoders")   # doctest: +SKIP
+        >>> load_base_model("flux-dev", parts="none").fingerprint == enc.fingerprint          # doctest: +SKIP
+        True
     """
     from persona_ml.models.quantization import check_scheme, quantization_config
 
@@ -705,7 +713,8 @@ def load_base_model(
     torch_dtype = _torch_dtype(dtype)
     import torch
 
-    check_scheme(quantization if parts != "encoders" else "none", torch.device(device).type)
+    with_transformer = parts in _WITH_TRANSFORMER
+    check_scheme(quantization if with_transformer else "none", torch.device(device).type)
     try:
         import diffusers  # noqa: F401
     except ImportError as exc:  # pragma: no cover - diffusers is a core dependency
@@ -713,7 +722,7 @@ def load_base_model(
 
         raise BackendUnavailableError("diffusers is required to load a base model: pip install diffusers",
                                       package="diffusers") from exc
-    qconfig = quantization_config(quantization, torch_dtype) if parts != "encoders" else None
+    qconfig = quantization_config(quantization, torch_dtype) if with_transformer else None
 
     if spec.kind == "tiny_flux":
         from persona_ml.models.tiny_flux import (
@@ -732,7 +741,7 @@ def load_base_model(
         pipe.to(device)
         if qconfig is not None:
             pipe.transformer = quantize_tiny_transformer(pipe.transformer, qconfig, torch_dtype, device)
-        return LoadedBaseModel(spec.name, spec, pipe, fingerprint, "tiny-flux", quantization if parts != "encoders"
+        return LoadedBaseModel(spec.name, spec, pipe, fingerprint, "tiny-flux", quantization if with_transformer
                                else "none")
 
     if spec.kind == "tiny_video" or spec.pipeline is not None:
@@ -749,16 +758,22 @@ def load_base_model(
 
     log.info("loading %s (%s) from %s (%s%s)", spec.name, parts, spec.path, torch_dtype,
              "" if qconfig is None else f", transformer {quantization}")
-    if parts == "transformer":
+    if parts in ("transformer", "vae", "none"):
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(spec.path), subfolder="scheduler",
                                                                     local_files_only=True)
-        pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+        vae = None
+        if parts == "vae":
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(str(spec.path), subfolder="vae", **dtype_kwargs(torch_dtype),
+                                                local_files_only=True)
+        pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
                             tokenizer_2=None, transformer=None)
     else:
         pipe = FluxPipeline.from_pretrained(str(spec.path), **dtype_kwargs(torch_dtype), local_files_only=True,
                                             **({"transformer": None} if parts == "encoders" or qconfig else {}))
     pipe.to(device)
-    if parts != "encoders":
+    if with_transformer:
         kwargs: dict[str, Any] = {"subfolder": "transformer", **dtype_kwargs(torch_dtype), "local_files_only": True}
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
@@ -769,7 +784,7 @@ def load_base_model(
             transformer.to(device)
         pipe.transformer = transformer
     return LoadedBaseModel(spec.name, spec, pipe, fingerprint, architecture_of(t_config),
-                           quantization if parts != "encoders" else "none")
+                           quantization if with_transformer else "none")
 
 
 def dtype_kwargs(dtype: Any) -> dict[str, Any]:
@@ -782,10 +797,14 @@ def dtype_kwargs(dtype: Any) -> dict[str, Any]:
     return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
+_PART_MODULES = {"all": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer"),
+                 "encoders": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+                 "transformer": ("transformer",), "vae": ("vae",), "none": ()}
+
+
 def _select_parts(pipe: FluxPipeline, parts: str) -> FluxPipeline:
-    if parts == "encoders":
-        pipe.transformer = None
-    elif parts == "transformer":
-        for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+    """Drop every module ``parts`` does not ask for (the scheduler always stays)."""
+    for name in _PART_MODULES["all"]:
+        if name not in _PART_MODULES[parts]:
             setattr(pipe, name, None)
     return pipe

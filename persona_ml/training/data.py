@@ -90,8 +90,12 @@ def load_pixels(dataset: PreparedDataset, sample: TrainSample):
 class Encoder:
     """VAE + text encoders of a loaded Flux pipeline, behind the on-disk cache.
 
+    ``cached_latents`` / ``cached_text`` read the cache only and need no model (the trainer asks
+    them first and loads the encoders only when one entry is missing); ``encode_latents`` /
+    ``encode_text`` run the encoders; ``latents`` / ``text`` do the first, then the second.
+
     Args:
-        pipeline: a ``diffusers.FluxPipeline``.
+        pipeline: a ``diffusers.FluxPipeline`` (``None`` while only the cache is read).
         fingerprint: the base model's fingerprint (part of every cache key).
         cache: the cache, or ``None`` to encode every time.
         max_sequence_length: T5 tokens.
@@ -109,21 +113,34 @@ class Encoder:
         self.released = False
 
     def latents(self, dataset: PreparedDataset, sample: TrainSample):
-        """Normalised latents ``(1, 16, h/8, w/8)`` float32 on CPU."""
+        """Normalised latents ``(1, 16, h/8, w/8)`` float32 on CPU (from the cache when it holds them)."""
+        hit = self.cached_latents(dataset, sample)
+        return hit if hit is not None else self.encode_latents(dataset, sample)
+
+    def cached_latents(self, dataset: PreparedDataset, sample: TrainSample):
+        """The cached latents of ``sample`` (a hit is counted), or ``None``; needs no model."""
+        if self.cache is None:
+            return None
         it = sample.item
-        key = latent_key(self.fingerprint, it.image_sha256, it.crop, it.width, it.height, sample.resolution)
-        if self.cache is not None:
-            dataset.verify(it)  # the file still has the recorded sha256: a cached latent keyed by it is its latent
-            hit = self.cache.get("latents", key)
-            if hit is not None and tuple(hit["latents"].shape[-2:]) == (sample.height // 8, sample.width // 8):
-                self.stats.latent_hits += 1
-                return hit["latents"]
+        dataset.verify(it)  # the file still has the recorded sha256: a cached latent keyed by it is its latent
+        hit = self.cache.get("latents", self._latent_key(sample), names=("latents",))
+        if hit is None or tuple(hit["latents"].shape[-2:]) != (sample.height // 8, sample.width // 8):
+            return None
+        self.stats.latent_hits += 1
+        return hit["latents"]
+
+    def encode_latents(self, dataset: PreparedDataset, sample: TrainSample):
+        """Encode ``sample`` with the VAE (a miss is counted) and store it in the cache."""
         self.stats.latent_misses += 1
         pixels, _mask = load_pixels(dataset, sample)
         z = self.encode_pixels(pixels)
         if self.cache is not None:
-            self.cache.put("latents", key, {"latents": z})
+            self.cache.put("latents", self._latent_key(sample), {"latents": z})
         return z
+
+    def _latent_key(self, sample: TrainSample) -> str:
+        it = sample.item
+        return latent_key(self.fingerprint, it.image_sha256, it.crop, it.width, it.height, sample.resolution)
 
     def encode_pixels(self, pixels):
         import torch
@@ -137,22 +154,34 @@ class Encoder:
 
     def text(self, caption: str):
         """``(prompt_embeds (1, seq, D), pooled (1, P))`` float32 on CPU for ``caption``."""
+        hit = self.cached_text(caption)
+        return hit if hit is not None else self.encode_text(caption)
+
+    def cached_text(self, caption: str):
+        """The cached ``(prompt_embeds, pooled)`` of ``caption`` (a hit is counted), or ``None``; needs no model."""
+        if self.cache is None:
+            return None
+        hit = self.cache.get("text", self._text_key(caption), names=("prompt_embeds", "pooled"))
+        if hit is None:
+            return None
+        self.stats.text_hits += 1
+        return hit["prompt_embeds"], hit["pooled"]
+
+    def encode_text(self, caption: str):
+        """Encode ``caption`` with both text encoders (a miss is counted) and store it in the cache."""
         import torch
 
-        key = text_key(self.fingerprint, caption, self.max_sequence_length)
-        if self.cache is not None:
-            hit = self.cache.get("text", key)
-            if hit is not None:
-                self.stats.text_hits += 1
-                return hit["prompt_embeds"], hit["pooled"]
         self.stats.text_misses += 1
         with torch.no_grad():
             prompt_embeds, pooled, _ids = self.pipe.encode_prompt(prompt=caption, prompt_2=caption, device=self.device,
                                                                   max_sequence_length=self.max_sequence_length)
         prompt_embeds, pooled = prompt_embeds.float().cpu(), pooled.float().cpu()
         if self.cache is not None:
-            self.cache.put("text", key, {"prompt_embeds": prompt_embeds, "pooled": pooled})
+            self.cache.put("text", self._text_key(caption), {"prompt_embeds": prompt_embeds, "pooled": pooled})
         return prompt_embeds, pooled
+
+    def _text_key(self, caption: str) -> str:
+        return text_key(self.fingerprint, caption, self.max_sequence_length)
 
     def release(self, keep_decoder: bool) -> None:
         """Drop the text encoders and the VAE encoder (the decoder too unless ``keep_decoder``)."""
@@ -163,9 +192,7 @@ class Encoder:
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
         if keep_decoder:
-            if getattr(pipe.vae, "encoder", None) is not None:
-                pipe.vae.encoder = None
-                pipe.vae.quant_conv = None
+            drop_vae_encoder(pipe.vae)
         else:
             pipe.vae = None
         self.released = True
@@ -173,6 +200,14 @@ class Encoder:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.info("released text encoders and the VAE %s", "encoder (decoder kept for samples)" if keep_decoder else "")
+
+
+def drop_vae_encoder(vae: Any) -> Any:
+    """``vae`` without its encoder half (what sampling needs: the decoder); returns it."""
+    if getattr(vae, "encoder", None) is not None:
+        vae.encoder = None
+        vae.quant_conv = None
+    return vae
 
 
 def bucket_batches(order, samples: list[TrainSample], batch_size: int) -> list[tuple[int, ...]]:

@@ -10,10 +10,12 @@
     <output>/best/                          the best-identity step's export, when it is not the last
     <output>/result.json                    TrainResult summary
 
-On a GPU with FLUX.1-dev (``persona-flux-dev``): the whole pipeline loads in bf16 (about 34 GB
-with T5-XXL), captions and photos are encoded once into the cache, then the text encoders and the
-VAE encoder are dropped, leaving the transformer (23.8 GB), the LoRA (fp32) and its optimizer
-state; gradient checkpointing keeps activations small. A 24 GB card needs a quantized base,
+On a GPU with FLUX.1-dev (``persona-flux-dev``): the base model is fingerprinted without its
+weights and the cache is looked up; when something is missing, the VAE and the text encoders load
+in bf16 (T5-XXL alone is ~9.5 GB), the missing captions and photos are encoded into the cache,
+then the text encoders and the VAE encoder are dropped; when everything is cached (a retrain or
+resume) they are never loaded. The loop holds the transformer (23.8 GB), the LoRA (fp32) and its
+optimizer state; gradient checkpointing keeps activations small. A 24 GB card needs a quantized base,
 which this trainer does not do; a 40 GB+ card (A100/H100/H200) fits as is.
 
 Determinism: the data order is a permutation seeded by ``(seed, epoch)``; caption dropout,
@@ -259,7 +261,7 @@ class TrainingJob:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         device = accelerator.device
         from .cache import TensorCache, default_cache_dir
-        from .data import Encoder, build_samples, load_pixels
+        from .data import Encoder, build_samples, drop_vae_encoder, load_pixels
         from .memory import PhaseMemory
         from .samples import fill_prompts
 
@@ -276,40 +278,75 @@ class TrainingJob:
                                  path=cfg.base_model_path)
         sample_text: dict = {}
         if cache is not None:
-            # phase 1: only the VAE and the text encoders are in memory while the cache is filled
+            # phase 0: the base model's fingerprint without its weights (headers and configs on a warm
+            # worker), then every latent and text the run needs is looked up in the cache
             t0 = time.perf_counter()
-            memory.start("encode")
-            self._progress("load_encoders", 0, 1, "loading the VAE and text encoders")
-            enc = load(parts="encoders")
-            timings["load_encoders"] = time.perf_counter() - t0
-            encoder = Encoder(enc.pipeline, enc.fingerprint, cache, cfg.data.max_sequence_length, device)
-            latents = []
-            for i, s in enumerate(samples):
-                latents.append(encoder.latents(dataset, s))
-                self._progress("encode_latents", i + 1, len(samples), f"{s.item.image} at {s.width}x{s.height}")
             texts = list(dict.fromkeys([*captions, "", *prompts]))
-            text = {}
-            for i, c in enumerate(texts):
-                text[c] = encoder.text(c)
-                self._progress("encode_text", i + 1, len(texts), c)
-            epipe = enc.pipeline
-            memory.stop("encode", epipe.vae, epipe.text_encoder, epipe.text_encoder_2)
-            fingerprint, scheduler = enc.fingerprint, epipe.scheduler
-            encoder.release(keep_decoder=bool(prompts))
-            decoder = epipe.vae  # the decoder half only, or None without samples
-            encoder.pipe = epipe = enc = None
-            _collect(device)
-            timings["encode"] = time.perf_counter() - t0 - timings["load_encoders"]
+            self._progress("check_cache", 0, 1, "fingerprinting the base model and looking up the cache")
+            base = load(parts="none")
+            fingerprint, scheduler = base.fingerprint, base.pipeline.scheduler
+            base = None
+            timings["fingerprint"] = time.perf_counter() - t0
+            encoder = Encoder(None, fingerprint, cache, cfg.data.max_sequence_length, device)
+            latents = [encoder.cached_latents(dataset, s) for s in samples]
+            text = {c: hit for c in texts if (hit := encoder.cached_text(c)) is not None}
+            todo_latents = [i for i, z in enumerate(latents) if z is None]
+            todo_text = [c for c in texts if c not in text]
+            timings["cache_lookup"] = time.perf_counter() - t0 - timings["fingerprint"]
+            self._progress("check_cache", 1, 1, f"{len(samples) - len(todo_latents)} of {len(samples)} latents and "
+                                                f"{len(texts) - len(todo_text)} of {len(texts)} texts cached")
+
+            def same_base(got: str, what: str) -> None:
+                if got != fingerprint:
+                    raise ModelMismatchError(f"the base model's files changed between fingerprinting it and loading "
+                                             f"its {what} ({fingerprint} -> {got})", code="base_model_mismatch",
+                                             field="base_model", value=got, expected=fingerprint)
+
+            if todo_latents or todo_text:
+                # phase 1: only the VAE and the text encoders are in memory while the misses are encoded
+                t0 = time.perf_counter()
+                result.encoders = "loaded"
+                memory.start("encode")
+                self._progress("load_encoders", 0, 1, "loading the VAE and text encoders")
+                enc = load(parts="encoders")
+                same_base(enc.fingerprint, "encoders")
+                timings["load_encoders"] = time.perf_counter() - t0
+                encoder.pipe = epipe = enc.pipeline
+                for n, i in enumerate(todo_latents):
+                    s = samples[i]
+                    latents[i] = encoder.encode_latents(dataset, s)
+                    self._progress("encode_latents", n + 1, len(todo_latents), f"{s.item.image} at {s.width}x{s.height}")
+                for n, c in enumerate(todo_text):
+                    text[c] = encoder.encode_text(c)
+                    self._progress("encode_text", n + 1, len(todo_text), c)
+                memory.stop("encode", epipe.vae, epipe.text_encoder, epipe.text_encoder_2)
+                encoder.release(keep_decoder=bool(prompts))
+                decoder = epipe.vae  # the decoder half only, or None without samples
+                encoder.pipe = epipe = enc = None
+                _collect(device)
+                timings["encode"] = time.perf_counter() - t0 - timings["load_encoders"]
+            else:
+                # every entry is cached: neither text encoder nor the VAE encoder is loaded
+                result.encoders = "skipped"
+                log.info("all %d latents and %d texts are cached for %s: the text encoders and the VAE encoder are "
+                         "not loaded", len(samples), len(texts), fingerprint)
+                self._progress("skip_encoders", 0, 1, f"all {len(samples)} latents and {len(texts)} texts cached: "
+                                                      "the text encoders and the VAE encoder are not loaded")
+                decoder = None
+                if prompts:  # samples decode latents: the VAE's decoder half only, as after phase 1
+                    t0 = time.perf_counter()
+                    self._progress("load_decoder", 0, 1, "loading the VAE decoder for samples")
+                    vae = load(parts="vae")
+                    same_base(vae.fingerprint, "VAE")
+                    decoder = drop_vae_encoder(vae.pipeline.vae)
+                    vae = None
+                    timings["load_decoder"] = time.perf_counter() - t0
             # phase 2: the transformer (quantized when asked) and, with samples, the VAE decoder
             t0 = time.perf_counter()
             memory.start("train")
             self._progress("load_transformer", 0, 1, f"loading the transformer ({cfg.quantization})")
             loaded = load(parts="transformer", quantization=cfg.quantization)
-            if loaded.fingerprint != fingerprint:
-                raise ModelMismatchError(f"the base model's files changed between loading its encoders and its "
-                                         f"transformer ({fingerprint} -> {loaded.fingerprint})",
-                                         code="base_model_mismatch", field="base_model", value=loaded.fingerprint,
-                                         expected=fingerprint)
+            same_base(loaded.fingerprint, "transformer")
             pipe = loaded.pipeline
             pipe.vae = decoder
             pipe.scheduler = scheduler
@@ -320,12 +357,13 @@ class TrainingJob:
             memory.start("train")
             self._progress("load_all", 0, 1, "loading the whole pipeline (cache off)")
             loaded = load(parts="all", quantization=cfg.quantization)
+            result.encoders = "resident"
             pipe = loaded.pipeline
             encoder = Encoder(pipe, loaded.fingerprint, None, cfg.data.max_sequence_length, device)
             latents, text = None, {}
             timings["load_transformer"] = time.perf_counter() - t0
             sample_text = {p: encoder.text(p) for p in prompts}
-        timings["load"] = timings.get("load_encoders", 0.0) + timings["load_transformer"]
+        timings["load"] = sum(timings.get(k, 0.0) for k in ("load_encoders", "load_decoder", "load_transformer"))
         result.cache = encoder.stats.to_dict()
 
         transformer = pipe.transformer

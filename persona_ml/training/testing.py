@@ -65,8 +65,9 @@ class _Loaded:
 class TinyLoader:
     """A ``_load_base_model`` stand-in: builds tiny-flux (seed 0) once, returns deep copies.
 
-    It takes the real loader's ``parts`` and ``quantization``: a copy holds only the asked parts
-    (the others are ``None``) and a quantized transformer goes through diffusers' quantization
+    It takes the real loader's ``parts`` (``"none"``: the fingerprint and scheduler only) and
+    ``quantization``: a copy holds only the asked parts (the others are ``None``), with the same
+    fingerprint whatever the parts, and a quantized transformer goes through diffusers' quantization
     config exactly as ``load_base_model`` does. ``calls`` counts loads, ``parts_loaded`` lists each
     call's ``parts``; ``on_load(pipeline)`` runs on each copy (tests attach hooks there).
     """
@@ -106,9 +107,9 @@ class TinyLoader:
         src._build()
         base = src._base
         keep = {"scheduler": base.scheduler}
-        names = {"all": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer"),
-                 "encoders": ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-                 "transformer": ("transformer",)}[parts]
+        from ..models.base_models import _PART_MODULES
+
+        names = _PART_MODULES[parts]  # KeyError for a part the real loader would refuse too
         for n in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer"):
             keep[n] = copy.deepcopy(getattr(base, n)) if n in names else None
         keep["scheduler"] = copy.deepcopy(base.scheduler)
@@ -122,4 +123,5 @@ class TinyLoader:
                                                          dtype, device)
         if self.on_load is not None:
             self.on_load(pipe)
-        return _Loaded("tiny-flux", None, pipe, src._fp, "tiny-flux", quantization if parts != "encoders" else "none")
+        with_transformer = parts in ("all", "transformer")
+        return _Loaded("tiny-flux", None, pipe, src._fp, "tiny-flux", quantization if with_transformer else "none")

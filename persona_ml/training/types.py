@@ -106,14 +106,21 @@ class TrainResult:
         checkpoints: checkpoints written, oldest first (pruned folders included, marked by path).
         identity: per-sample-step identity scores.
         losses: loss per optimizer step (the full history, across resumes).
-        timings: seconds per phase (``prepare``, ``load_encoders``, ``encode``, ``load_transformer``,
-            ``load`` (both loads), ``train``, ``samples``, ``export``) and ``s_per_step``.
+        timings: seconds per phase (``prepare``; with the cache on ``fingerprint`` (the base model's,
+            without its weights) and ``cache_lookup``; ``load_encoders`` and ``encode`` when some
+            entry was missing, ``load_decoder`` when none was and samples are on;
+            ``load_transformer``, ``load`` (every load), ``train``, ``samples``, ``export``) and
+            ``s_per_step``.
         memory: peak memory per phase (``persona_ml.training.memory``): ``encode`` (VAE + text
             encoders only, filling the cache) and ``train`` (the transformer, LoRA, optimizer and,
             with samples, the VAE decoder), each ``{"peak_bytes", "measure", "weights_bytes"}``,
             plus ``peak_bytes``: the larger of the two, the job's peak.
         loaders: exported file name -> the tools that load it exactly (as on the model card).
         cache: cache hit/miss counts.
+        encoders: ``"skipped"`` (cache on and every latent and text cached: neither text encoder
+            nor the VAE encoder was loaded), ``"loaded"`` (cache on, loaded to encode the misses
+            only, released before the transformer loads) or ``"resident"`` (cache off: loaded with
+            the transformer and kept).
         optimizer: the optimizer actually used (``AdamW8bit`` or ``AdamW``).
         rule_violations: violations recorded in ``rules.mode: dev`` (always empty in enforce mode).
         resumed_from: the checkpoint step this run continued from.
@@ -132,6 +139,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int] = field(default_factory=dict)
+    encoders: str = ""
     memory: dict[str, Any] = field(default_factory=dict)
     loaders: dict[str, list[str]] = field(default_factory=dict)
     optimizer: str = ""
@@ -152,6 +160,11 @@ class TrainResult:
         if phases:
             lines.append("memory: " + ", ".join(
                 f"{k} peak {_gib(v['peak_bytes'])} (weights {_gib(v['weights_bytes'])})" for k, v in phases.items()))
+        if self.encoders:
+            c = self.cache
+            lines.append(f"encoders: {self.encoders}" + (
+                f" (cache: latents {c.get('latent_hits', 0)} hits / {c.get('latent_misses', 0)} misses, texts "
+                f"{c.get('text_hits', 0)} / {c.get('text_misses', 0)})" if c else ""))
         if self.lora_path:
             lines.append(f"lora: {self.lora_path}")
         if self.kohya_path:

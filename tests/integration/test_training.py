@@ -187,6 +187,7 @@ def test_second_run_hits_the_cache_without_encoder_passes(first_run, dataset, ca
     assert result.status is JobStatus.COMPLETED
     assert counter.counts == {"vae_encoder": 0, "text_encoder": 0, "text_encoder_2": 0}
     assert result.cache["latent_hits"] == 6 and result.cache["latent_misses"] == 0 and result.cache["text_misses"] == 0
+    assert result.encoders == "skipped"    # nothing to encode: the encoders were not even loaded
 
 
 def test_cancel_checkpoints_and_resume_finishes(dataset, cache_dir, tmp_path, monkeypatch, tiny):
@@ -444,11 +445,11 @@ def test_encoders_are_released_before_the_transformer_loads(dataset, cache_dir, 
     held = {}
 
     def hook(pipe):
-        if pipe.transformer is None:        # the encoders phase
+        if pipe.text_encoder_2 is not None:  # the encoders phase
             held["t5"] = weakref.ref(pipe.text_encoder_2)
             held["clip"] = weakref.ref(pipe.text_encoder)
             held["encode_bytes"] = module_bytes(pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
-        else:                               # the transformer phase: nothing of the encoders may be alive
+        elif pipe.transformer is not None:  # the transformer phase: nothing of the encoders may be alive
             gc.collect()
             held["alive_at_transformer_load"] = (held["t5"]() is not None, held["clip"]() is not None)
             held["transformer_bytes"] = module_bytes(pipe.transformer)
@@ -456,8 +457,9 @@ def test_encoders_are_released_before_the_transformer_loads(dataset, cache_dir, 
     loader = tiny.with_hook(hook)
     monkeypatch.setattr(jobmod, "_load_base_model", loader)
     events = []
-    result = jobmod.train_lora(_cfg(cache_dir, "steps=2"), dataset, tmp_path, on_event=events.append)
-    assert loader.parts_loaded == ["encoders", "transformer"]
+    # an empty cache: the encoders must load (a full cache skips them: tests/integration/test_training_cache.py)
+    result = jobmod.train_lora(_cfg(tmp_path / "cache", "steps=2"), dataset, tmp_path / "run", on_event=events.append)
+    assert loader.parts_loaded == ["none", "encoders", "transformer"]
     assert held["alive_at_transformer_load"] == (False, False)
     mem = result.memory
     assert mem["encode"]["weights_bytes"] == held["encode_bytes"]
@@ -466,7 +468,8 @@ def test_encoders_are_released_before_the_transformer_loads(dataset, cache_dir, 
     if mem["peak_bytes"] is not None:       # Linux: VmHWM reset per phase
         assert mem["peak_bytes"] == max(mem["encode"]["peak_bytes"], mem["train"]["peak_bytes"])
     phases = [e.phase for e in events if e.kind == "progress"]
-    assert phases[0] == "load_encoders" and "encode_latents" in phases and "encode_text" in phases
+    assert phases[:3] == ["check_cache", "check_cache", "load_encoders"]
+    assert "encode_latents" in phases and "encode_text" in phases
     assert phases.index("load_transformer") > phases.index("encode_text") and phases[-1] == "export"
     latents = [e for e in events if e.phase == "encode_latents"]
     assert [e.current for e in latents] == list(range(1, 7)) and latents[-1].count == 6

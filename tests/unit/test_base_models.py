@@ -144,3 +144,42 @@ def test_tiny_flux_fingerprint_depends_on_seed_not_dtype():
     assert isinstance(c.spec, BaseModelSpec)
     with pytest.raises(ConfigError):
         resolve_base_model("tiny-flux", path="/somewhere")
+
+
+_MODULES = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
+
+
+def test_every_part_reports_the_full_loads_fingerprint_and_none_loads_no_weight(saved_dir, monkeypatch):
+    """``parts="none"`` is how the trainer keys its cache without loading a model: it must give the
+    fingerprint a full load gives (folder, tiny-flux built in code, and the trainers' TinyLoader)."""
+    import diffusers
+    import transformers
+
+    from persona_ml.training.testing import TinyLoader
+
+    held = {"vae": ("vae",), "none": (), "encoders": _MODULES[:5], "transformer": ("transformer",), "all": _MODULES}
+    full = load_base_model("flux-dev", path=saved_dir)
+    for parts, modules in held.items():
+        got = load_base_model("flux-dev", path=saved_dir, parts=parts, quantization="none")
+        assert got.fingerprint == full.fingerprint and got.architecture == full.architecture, parts
+        assert {m for m in _MODULES if getattr(got.pipeline, m) is not None} == set(modules), parts
+        assert got.pipeline.scheduler is not None
+    tiny_full = load_base_model("tiny-flux")
+    tiny_loader = TinyLoader()
+    for parts, modules in held.items():
+        got = load_base_model("tiny-flux", parts=parts)
+        assert got.fingerprint == tiny_full.fingerprint, parts
+        assert {m for m in _MODULES if getattr(got.pipeline, m) is not None} == set(modules), parts
+        stand_in = tiny_loader("tiny-flux", dtype=torch.float32, device="cpu", parts=parts)
+        assert stand_in.fingerprint == tiny_full.fingerprint, parts
+        assert {m for m in _MODULES if getattr(stand_in.pipeline, m) is not None} == set(modules), parts
+
+    def no_weights(*a, **k):
+        raise AssertionError("parts='none' read a model's weights")
+
+    for cls in (diffusers.FluxPipeline, diffusers.AutoencoderKL, diffusers.FluxTransformer2DModel,
+                transformers.CLIPTextModel, transformers.T5EncoderModel):
+        monkeypatch.setattr(cls, "from_pretrained", no_weights)
+    assert load_base_model("flux-dev", path=saved_dir, parts="none").fingerprint == full.fingerprint
+    with pytest.raises(ConfigError):
+        load_base_model("flux-dev", path=saved_dir, parts="decoder")
