@@ -11,6 +11,16 @@ import math
 import pytest
 
 
+def _diffusers_has(name: str) -> bool:
+    """Whether the installed diffusers has ``name``: the video extra raises the floor to 0.42 (LTX2DFRPipeline);
+    ``make test-min`` runs these tests at the core floor 0.40 first, then again at 0.42."""
+    try:
+        import diffusers
+    except ImportError:
+        return False
+    return getattr(diffusers, name, None) is not None
+
+
 def test_help_runs_without_a_gpu(load_gpu_check, capsys):
     with pytest.raises(SystemExit) as exc:
         load_gpu_check().main(["--help"])
@@ -25,11 +35,17 @@ def test_dry_run_drives_the_library_end_to_end(load_gpu_check, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["ok"] is True and report["errors"] == []
     phases = report["phases"]
+    video = [n for n, cls in (("video:talking-head", "LTX2DFRPipeline"), ("video:motion", "WanAnimatePipeline"))
+             if _diffusers_has(cls)]
     assert set(phases) == {"folder", "train:persona-flux-dev", "train:persona-flux-dev-24gb", "generate",
-                           "generate:compiled", "video:talking-head", "video:motion"}
-    # nf4 is CUDA-only: skipped as unsupported on this device, which does not make the check fail
-    assert report["skipped"] == [{"phase": "train:persona-flux-dev-16gb", "reason": "nf4 (bitsandbytes) needs CUDA",
-                                  "kind": "unsupported"}]
+                           "generate:compiled", *video}
+    # nf4 is CUDA-only: skipped as unsupported on this device, which does not make the check fail; so is a
+    # video phase whose pipeline the installed diffusers lacks (below the video extra's floor)
+    assert report["skipped"][0] == {"phase": "train:persona-flux-dev-16gb", "reason": "nf4 (bitsandbytes) needs CUDA",
+                                    "kind": "unsupported"}
+    missing = [r for r in report["skipped"][1:] if r["phase"].startswith("video:")]
+    assert len(report["skipped"]) == 1 + len(missing) == 1 + 2 - len(video)
+    assert all(r["kind"] == "unsupported" and "has no" in r["reason"] for r in missing)
     for name, quant in (("train:persona-flux-dev", "none"), ("train:persona-flux-dev-24gb", "int8-weight-only")):
         t = phases[name]
         assert t["quantization"] == quant and t["status"] == "completed" and t["losses_finite"] and t["lora_changed"]
@@ -42,6 +58,8 @@ def test_dry_run_drives_the_library_end_to_end(load_gpu_check, tmp_path):
     assert gen["image_s"] > 0 and gen["switch_s"] > 0 and math.isfinite(gen["first_image_s"])
     assert comp["recompiled_on_switch"] is False and comp["image_s"] > 0
     for name, model in (("video:talking-head", "tiny-ltx2"), ("video:motion", "tiny-wan-animate")):
+        if name not in video:
+            continue
         v = phases[name]
         assert v["model"] == model and v["build_s"] > 0 and sum(v["params_billion"].values()) > 0
         assert [r["label"] for r in v["runs"]] == ["preview", "full"]
@@ -50,6 +68,8 @@ def test_dry_run_drives_the_library_end_to_end(load_gpu_check, tmp_path):
             assert r["steps_timed"] == r["steps"] - 1 >= 1 and r["s_per_step"] > 0 and r["s_per_video_s"] > 0
             assert r["peak_bytes"] is None   # CPU: no CUDA allocator to ask
         assert v["runs"][1]["video_tokens"] > v["runs"][0]["video_tokens"]   # full is the larger setting
+    if "video:motion" not in video:
+        return
     motion = phases["video:motion"]["runs"][0]
     # 2 of Wan-Animate's default 20 steps ran: the figure at 20 steps is projected linearly from the measured s/step
     assert motion["default_steps"] == 20 and motion["s_per_video_s_at_20_steps"] > motion["s_per_video_s"]
@@ -152,6 +172,9 @@ def test_a_phase_may_skip_itself_once_running(load_gpu_check, tmp_path):
 
 def test_a_card_too_small_for_a_video_model_is_skipped_with_the_sizes(load_gpu_check, tmp_path):
     import dataclasses
+
+    if not (_diffusers_has("LTX2DFRPipeline") and _diffusers_has("WanAnimatePipeline")):
+        pytest.skip("the video extra's pipelines need diffusers >= 0.42 (this run is at the core floor)")
 
     m = load_gpu_check()
     ctx = {"plan": dataclasses.replace(_plan(m, tmp_path), device="cuda"), "report": {"device_total_mem_gib": 24.0}}
