@@ -141,22 +141,13 @@ def worker(kind: str, paths: list[str], out: str, detect_max_side: int) -> None:
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; numpy only."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    """ROC AUC by the rank-sum formula, ties averaged (the library's ``persona_ml.metrics``)."""
+    from persona_ml.metrics import verification_metrics
+
     pos = labels.astype(bool)
     if pos.all() or not pos.any():
         return float("nan")
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return verification_metrics(scores[pos], scores[~pos]).auc
 
 
 def verification(results: dict, rows: list[dict], keep: set[str]) -> tuple[float, int, int]:
